@@ -1,0 +1,13 @@
+"""fxcompress: a model-compression compiler for PyTorch built on torch.fx."""
+from .compiler import CompileResult, compile
+from .context import PassContext
+from .errors import (CheckpointError, DataError, ExportError, FxCompressError, ModelNotFoundError, PassError,
+                     ShapeError, TraceError, VerificationError)
+from .pass_base import AnalysisPass, LoweringPass, Pass, TransformPass
+from .tracing import propagate_shapes, trace
+
+__version__ = "0.1.0"
+
+__all__ = ["compile", "CompileResult", "PassContext", "Pass", "AnalysisPass", "TransformPass", "LoweringPass",
+           "trace", "propagate_shapes", "FxCompressError", "TraceError", "ShapeError", "PassError",
+           "VerificationError", "ExportError", "CheckpointError", "ModelNotFoundError", "DataError"]

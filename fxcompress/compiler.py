@@ -1,0 +1,58 @@
+"""fxcompress.compile: trace, run the passes, return the compressed model, its report and artefacts."""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Iterable, List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+from .context import PassContext
+from .errors import PassError, ShapeError
+from .manager import PassManager
+from .pass_base import Pass
+from .report import Report
+from .tracing import trace
+
+
+@dataclass
+class CompileResult:
+    model: nn.Module
+    report: Report
+    artifacts: List[str] = field(default_factory=list)
+
+    def __repr__(self) -> str:
+        return f"CompileResult(model={type(self.model).__name__}, artifacts={self.artifacts})"
+
+
+def as_input_tuple(example_inputs) -> tuple:
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,)
+    if isinstance(example_inputs, (tuple, list)) and all(isinstance(t, torch.Tensor) for t in example_inputs) \
+            and len(example_inputs) > 0:
+        return tuple(example_inputs)
+    raise ShapeError(f"example_inputs must be a tensor or a non-empty tuple of tensors, got "
+                     f"{type(example_inputs).__name__}")
+
+
+def compile(model: nn.Module, passes: Sequence[Pass], example_inputs, *, train_loader: Optional[Iterable] = None,
+            val_loader: Optional[Iterable] = None, calib_loader: Optional[Iterable] = None, device="cpu",
+            leaf_modules: Iterable = (), progress: bool = True) -> CompileResult:
+    """Trace `model` (left unmodified) and run `passes` over it in order.
+
+    A loader is any re-iterable of batches; a batch is an input tensor or `(inputs, targets)`.
+    """
+    if not isinstance(model, nn.Module):
+        raise PassError(f"model must be an nn.Module, got {type(model).__name__}")
+    manager = PassManager(passes, progress=progress)
+    device = torch.device(device)
+    inputs = tuple(t.to(device) for t in as_input_tuple(example_inputs))
+    original = copy.deepcopy(model).to(device).eval()
+    working = copy.deepcopy(model).to(device).eval()
+    gm = trace(working, leaf_modules)
+    ctx = PassContext(gm=gm, example_inputs=inputs, original_model=original, train_loader=train_loader,
+                      val_loader=val_loader, calib_loader=calib_loader, device=device)
+    report = Report(model_name=type(model).__name__)
+    manager.run(ctx, report)
+    return CompileResult(ctx.gm.eval(), report, list(ctx.artifacts))

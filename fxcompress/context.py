@@ -1,0 +1,61 @@
+"""The pass context: what every pass sees. Analyses are cached here and invalidated by transforms."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+from .flops import FlopsResult, count_macs
+from .tracing import propagate_shapes
+
+
+@dataclass
+class PassContext:
+    gm: fx.GraphModule
+    example_inputs: Tuple[torch.Tensor, ...]
+    original_model: nn.Module                       # untouched copy; the default distillation teacher
+    train_loader: Optional[Iterable] = None
+    val_loader: Optional[Iterable] = None
+    calib_loader: Optional[Iterable] = None
+    device: torch.device = torch.device("cpu")
+    analyses: Dict[Any, Any] = field(default_factory=dict)
+    artifacts: List[str] = field(default_factory=list)
+    # ONNX graph rewrites that transforms register for the lowering (e.g. folding weight quantizers
+    # into int8 initializers); each takes and returns an onnx.ModelProto.
+    onnx_rewrites: List[Callable] = field(default_factory=list)
+    # Transforms that make the model inexact (quantization) register how lowered models are compared.
+    export_tolerance: Dict[str, Any] = field(default_factory=dict)
+
+    def get(self, analysis) -> Any:
+        """The cached result of an analysis pass (instance or class), running it if needed."""
+        if isinstance(analysis, type):
+            analysis = analysis()
+        key = analysis.cache_key()
+        if key not in self.analyses:
+            self.analyses[key] = analysis.run(self)
+        return self.analyses[key]
+
+    def invalidate(self, keep: Iterable[Any] = ()) -> None:
+        keep = set(keep)
+        self.analyses = {k: v for k, v in self.analyses.items() if k in keep}
+
+    def flops(self) -> FlopsResult:
+        """MACs and params of the current graph (cached like an analysis)."""
+        if "flops" not in self.analyses:
+            self.analyses["flops"] = count_macs(self.gm)
+        return self.analyses["flops"]
+
+    def refresh_shapes(self):
+        """Re-run the graph on the example inputs, record node shapes, return the outputs."""
+        was_training = self.gm.training
+        self.gm.eval()
+        try:
+            return propagate_shapes(self.gm, self.example_inputs)
+        finally:
+            self.gm.train(was_training)
+
+    def add_artifact(self, path: str) -> None:
+        self.artifacts.append(path)

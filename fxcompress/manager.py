@@ -1,0 +1,79 @@
+"""The pass manager: runs passes in order, enforces requirements, invalidates analyses, checks transforms."""
+from __future__ import annotations
+
+import os
+import time
+from typing import Sequence
+
+from tqdm.auto import tqdm
+
+from .context import PassContext
+from .errors import PassError, VerificationError
+from .pass_base import RESOURCES, AnalysisPass, LoweringPass, Pass, TransformPass
+from .report import PassRecord, Report
+from .verify import TOLERANCES, OutputSpec, check_finite, compare_outputs
+
+
+class PassManager:
+    def __init__(self, passes: Sequence[Pass], progress: bool = True):
+        for i, p in enumerate(passes):
+            if not isinstance(p, Pass):
+                hint = " (a class: instantiate it, e.g. ExportONNX('model.onnx'))" if isinstance(p, type) else ""
+                raise PassError(f"passes[{i}] is {p!r}, not a pass instance{hint}")
+        self.passes = list(passes)
+        self.progress = progress
+
+    def _check_requirements(self, p: Pass, ctx: PassContext) -> None:
+        for req in p.requires:
+            if isinstance(req, str):
+                if req not in RESOURCES:
+                    raise PassError(f"{p.name} declares unknown requirement {req!r}")
+                if getattr(ctx, req) is None:
+                    raise PassError(f"{p.name} needs {req}: pass {req}=... to fxcompress.compile()")
+            elif isinstance(req, type) and issubclass(req, AnalysisPass):
+                ctx.get(req)
+            else:
+                raise PassError(f"{p.name} declares requirement {req!r}, neither a resource name nor an analysis")
+
+    def run(self, ctx: PassContext, report: Report) -> None:
+        spec = OutputSpec.of(ctx.refresh_shapes())
+        bar = tqdm(self.passes, desc="fxcompress", unit="pass", disable=not self.progress or len(self.passes) < 2,
+                   leave=False)
+        for p in bar:
+            bar.set_postfix_str(p.name)
+            self._check_requirements(p, ctx)
+            before = ctx.flops()
+            start = time.perf_counter()
+            metrics = {}
+            if isinstance(p, AnalysisPass):
+                result = ctx.get(p)
+                metrics = p.summarize(result) or {}
+            elif isinstance(p, TransformPass):
+                reference = ctx.refresh_shapes() if p.verify_exact else None
+                metrics = p.run(ctx) or {}
+                metrics.update(self._check_transform(p, ctx, spec, reference))
+            elif isinstance(p, LoweringPass):
+                metrics = p.run(ctx) or {}
+            else:
+                raise PassError(f"{p.name} is neither an analysis, a transform nor a lowering pass")
+            seconds = time.perf_counter() - start
+            after = ctx.flops()
+            path = p.output_path() if isinstance(p, LoweringPass) else None
+            report.add(PassRecord(p.name, p.kind, seconds, before.params, after.params, before.macs, after.macs,
+                                  os.path.getsize(path) if path and os.path.exists(path) else None, metrics))
+
+    def _check_transform(self, p: TransformPass, ctx: PassContext, spec: OutputSpec, reference) -> dict:
+        ctx.gm.graph.lint()
+        ctx.gm.recompile()
+        ctx.invalidate(keep=[k for k in ctx.analyses if k in p.preserves])
+        try:
+            out = ctx.refresh_shapes()
+        except Exception as e:
+            raise VerificationError(f"after {p.name}, the model no longer runs on the example inputs: {e}") from e
+        got = OutputSpec.of(out)
+        if got != spec:
+            raise VerificationError(f"after {p.name}, outputs changed from [{spec.describe()}] to [{got.describe()}]")
+        check_finite(out, f"after {p.name}")
+        if reference is not None:
+            return compare_outputs(out, reference, TOLERANCES["exact_transform"], f"{p.name} exactness")
+        return {}

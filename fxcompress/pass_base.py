@@ -1,0 +1,55 @@
+"""The three kinds of pass. A pass declares what it needs; the pass manager enforces it.
+
+`requires` lists analysis pass classes (run on demand through the context's cache) and context
+resources by name ("train_loader", "val_loader", "calib_loader"). A transform lists in `preserves`
+the analyses it leaves valid; every other cached analysis is dropped after it runs.
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar, Dict, Optional, Tuple
+
+RESOURCES = ("train_loader", "val_loader", "calib_loader")
+
+
+class Pass:
+    kind: ClassVar[str] = "pass"
+    requires: ClassVar[Tuple[Any, ...]] = ()
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    def run(self, ctx) -> Any:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{self.name}()"
+
+
+class AnalysisPass(Pass):
+    """Reads the graph; its result is cached in the context until a transform invalidates it."""
+    kind = "analysis"
+
+    def cache_key(self):
+        return type(self)
+
+    def summarize(self, result: Any) -> Dict[str, Any]:
+        """What of the result goes into the report row."""
+        return {}
+
+
+class TransformPass(Pass):
+    """Rewrites ctx.gm (graph or weights). Returns a dict of metrics for the report (or None)."""
+    kind = "transform"
+    preserves: ClassVar[Tuple[type, ...]] = ()
+    # Whether the manager must see the same outputs after the pass (True for exact rewrites).
+    # Shapes and structure are always checked.
+    verify_exact: ClassVar[bool] = False
+
+
+class LoweringPass(Pass):
+    """Writes an artefact from ctx.gm. Returns metrics; registers paths with ctx.add_artifact."""
+    kind = "lowering"
+
+    def output_path(self) -> Optional[str]:
+        return None

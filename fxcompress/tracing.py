@@ -1,0 +1,90 @@
+"""Tracing a model into a torch.fx GraphModule, with shapes and dtypes recorded on every node."""
+from __future__ import annotations
+
+import sys
+import traceback
+from typing import Iterable, Sequence
+
+import torch
+import torch.fx as fx
+from torch.fx.passes.shape_prop import ShapeProp
+
+from .errors import ShapeError, TraceError
+
+
+class LeafTracer(fx.Tracer):
+    """A symbolic tracer that keeps the given module types or qualified names as single call_module nodes."""
+
+    def __init__(self, leaf_modules: Iterable = ()):
+        super().__init__()
+        self.leaf_types = tuple(m for m in leaf_modules if isinstance(m, type))
+        self.leaf_names = {m for m in leaf_modules if isinstance(m, str)}
+
+    def is_leaf_module(self, m: torch.nn.Module, qualname: str) -> bool:
+        if qualname in self.leaf_names or (self.leaf_types and isinstance(m, self.leaf_types)):
+            return True
+        return super().is_leaf_module(m, qualname)
+
+
+def _failing_module(model: torch.nn.Module, tb) -> tuple[str, str]:
+    """Find the innermost user-module frame in a traceback: (module qualname, 'file:line')."""
+    names = {id(m): (n or "<root>") for n, m in model.named_modules()}
+    culprit = ("<unknown module>", "<unknown line>")
+    for frame, lineno in traceback.walk_tb(tb):
+        owner = frame.f_locals.get("self")
+        if owner is not None and id(owner) in names:
+            culprit = (f"{names[id(owner)]} ({type(owner).__name__})", f"{frame.f_code.co_filename}:{lineno}")
+    return culprit
+
+
+def trace(model: torch.nn.Module, leaf_modules: Iterable = ()) -> fx.GraphModule:
+    """Symbolically trace `model`. Raises TraceError naming the module and source line that failed."""
+    if isinstance(model, fx.GraphModule):
+        return model
+    tracer = LeafTracer(leaf_modules)
+    try:
+        graph = tracer.trace(model)
+    except Exception as e:  # torch.fx raises several types (TraceError, TypeError, RuntimeError, ...)
+        module, where = _failing_module(model, sys.exc_info()[2])
+        raise TraceError(
+            f"cannot trace {type(model).__name__}: module {module} at {where} failed: "
+            f"{type(e).__name__}: {e}. Tensor-dependent Python control flow (if/for on tensor values) "
+            f"cannot be traced: pass that module as a leaf, e.g. leaf_modules=[{module.split(' ')[0]!r}] "
+            f"or its class, or rewrite the branch with torch.where."
+        ) from e
+    name = type(model).__name__
+    return fx.GraphModule(tracer.root, graph, name)
+
+
+class _NamedShapeProp(ShapeProp):
+    def run_node(self, n: fx.Node):
+        try:
+            return super().run_node(n)
+        except ShapeError:
+            raise
+        except Exception as e:
+            shapes = [tuple(v.shape) for v in (self.env.get(a) for a in n.all_input_nodes)
+                      if isinstance(v, torch.Tensor)]
+            raise ShapeError(
+                f"node {n.name!r} ({n.op} {_target_name(n)}) failed on inputs of shapes {shapes}: "
+                f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}. "
+                f"Check that example_inputs have the shape the model expects."
+            ) from e
+
+
+def _target_name(n: fx.Node) -> str:
+    t = n.target
+    return t if isinstance(t, str) else getattr(t, "__name__", str(t))
+
+
+def propagate_shapes(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor]):
+    """Run gm on example_inputs, record `tensor_meta` (shape, dtype) on each node, return the outputs."""
+    with torch.no_grad():
+        prop = _NamedShapeProp(gm)
+        return prop.propagate(*example_inputs)
+
+
+def node_shape(n: fx.Node):
+    """The recorded output shape of a node (None if it is not a single tensor)."""
+    meta = n.meta.get("tensor_meta")
+    return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None

@@ -1,0 +1,69 @@
+"""Numerical verification shared by every transform and lowering; all tolerances live here."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, List
+
+import torch
+from torch.utils import _pytree as pytree
+
+from .errors import VerificationError
+
+# Relative error = max|actual - expected| / max|expected|, per output tensor.
+TOLERANCES = {
+    "exact_transform": 1e-5,   # channel removal, BN folding, identity insertions
+    "onnx_fp32": 1e-4,         # ONNX Runtime against PyTorch, FP32
+}
+
+
+def flatten_outputs(out: Any) -> List[torch.Tensor]:
+    leaves, _ = pytree.tree_flatten(out)
+    return [t for t in leaves if isinstance(t, torch.Tensor)]
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """Structure of a model's outputs: the pytree layout and each tensor's shape and dtype."""
+    layout: str
+    tensors: tuple
+
+    @classmethod
+    def of(cls, out: Any) -> "OutputSpec":
+        leaves, spec = pytree.tree_flatten(out)
+        return cls(str(spec), tuple((tuple(t.shape), t.dtype) if isinstance(t, torch.Tensor) else type(t).__name__
+                                    for t in leaves))
+
+    def describe(self) -> str:
+        return ", ".join(f"{list(s)} {str(d).replace('torch.', '')}" if isinstance(s, tuple) else s
+                         for s, d in (x if isinstance(x, tuple) else (x, "") for x in self.tensors))
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> tuple[float, float]:
+    """(max abs error, max abs error relative to the largest |expected|)."""
+    actual, expected = torch.as_tensor(actual).double(), torch.as_tensor(expected).double()
+    max_abs = (actual - expected).abs().max().item() if expected.numel() else 0.0
+    scale = expected.abs().max().item() if expected.numel() else 0.0
+    return max_abs, max_abs / max(scale, 1e-12)
+
+
+def compare_outputs(actual: Any, expected: Any, tol: float, what: str) -> dict:
+    """Compare two output structures tensor by tensor; raise VerificationError beyond `tol`."""
+    a, e = flatten_outputs(actual), flatten_outputs(expected)
+    if len(a) != len(e):
+        raise VerificationError(f"{what}: {len(a)} output tensors, expected {len(e)}")
+    worst_abs, worst_rel = 0.0, 0.0
+    for i, (x, y) in enumerate(zip(a, e)):
+        if tuple(x.shape) != tuple(y.shape):
+            raise VerificationError(f"{what}: output {i} has shape {tuple(x.shape)}, expected {tuple(y.shape)}")
+        ab, rel = relative_error(x, y)
+        worst_abs, worst_rel = max(worst_abs, ab), max(worst_rel, rel)
+    if not worst_rel <= tol:  # also catches NaN
+        raise VerificationError(f"{what}: relative error {worst_rel:.3g} (max abs {worst_abs:.3g}) exceeds "
+                                f"tolerance {tol:g}")
+    return {"max_abs_error": worst_abs, "max_rel_error": worst_rel}
+
+
+def check_finite(out: Any, what: str) -> None:
+    for i, t in enumerate(flatten_outputs(out)):
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise VerificationError(f"{what}: output {i} contains NaN or Inf")
