@@ -131,6 +131,7 @@ class ChannelGraphBuilder:
         self.roles: Dict[Dim, str] = {}
         self.node_of_key: Dict[str, fx.Node] = {}
         self.param_users: Dict[str, List[fx.Node]] = {}
+        self.attr_of: Dict[str, str] = {}   # get_attr node vertex -> parameter vertex
 
     # ---- vertices ---------------------------------------------------------------------------------
     def add_vertex(self, key: str, shape: Sequence[int]) -> str:
@@ -235,7 +236,8 @@ class ChannelGraphBuilder:
         members_of: Dict[int, List[Member]] = {}
         for s, e in zip(starts_m, ends_m):
             key, dim = dims[d_id[s]]
-            role = self.roles.get((key, dim)) if key.startswith("p:") else None
+            # parameters make their channel unless a rule says they only read it (input columns)
+            role = self.roles.get((key, dim), PRODUCER) if key.startswith("p:") else None
             members_of.setdefault(int(g_id[s]), []).append(Member(key, dim, p_id[s:e], u_id[s:e], role))
         reasons_of: Dict[int, set] = {}
         blocked = comp_reason[comps] >= 0

@@ -139,8 +139,8 @@ class RuleCtx:
         self.local.update({(a, da), (b, db)})
 
     def role(self, key, dim, role) -> None:
-        if key is not None:
-            self.b.roles[(key, dim % self.rank(key))] = role
+        if key is not None:  # a get_attr node stands for its parameter
+            self.b.roles[(self.b.attr_of.get(key, key), dim % self.rank(key))] = role
 
     def block(self, key, dim, reason) -> None:
         if key is not None:
@@ -276,6 +276,7 @@ def _get_attr(r: RuleCtx) -> None:
         r.block_all(out, f"constant {r.node.target}")
         return
     r.b.param_users.setdefault(p, []).extend(r.node.users)
+    r.b.attr_of[out] = p
     for d in range(r.rank(out)):
         r.b.couple(out, d, p, d, kind="attr")
 
@@ -324,6 +325,7 @@ def _conv_channels(r: RuleCtx, x, y, w, b, groups: int, transposed: bool) -> Non
     r.role(w, w_in, CONSUMER)
     if b is not None:
         r.same(y, 1, b, 0)
+        r.role(b, 0, PRODUCER)
     if transposed:
         r.same(x, 1, w, 0)
     else:
@@ -382,6 +384,7 @@ def _linear(r: RuleCtx, x, y, w, b) -> None:
     r.same(x, -1, w, 1)
     r.same(y, -1, w, 0)
     r.same(y, -1, b, 0)
+    r.role(b, 0, PRODUCER)
     r.role(w, 0, PRODUCER)
     r.role(w, 1, CONSUMER)
 
