@@ -34,6 +34,8 @@ def build(name: str, size: int):
         kwargs["image_size"] = size
     elif name == "maxvit_t":
         size = 224  # its window partitioning needs 224 / 32 = 7 at the last stage
+    elif name == "alexnet" or name.startswith("vgg"):
+        size = 224  # ONNX export of adaptive pooling needs the pooled size to divide the feature map (6 or 7)
     elif name == "inception_v3":
         size = max(size, 96)
     if name in ("googlenet", "inception_v3"):
