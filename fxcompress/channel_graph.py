@@ -97,6 +97,25 @@ class ChannelGroupsResult:
                 "fixed_reasons": dict(sorted(fixed.items(), key=lambda kv: -kv[1])[:8])}
 
 
+def record_shapes(gm: fx.GraphModule, example_inputs) -> None:
+    """Record `tensor_meta` on every node without computing anything: the graph runs on fake tensors
+    (shapes only), much faster than a real forward pass at full resolution. Falls back to a real run
+    for ops fake tensors do not support."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    from .tracing import propagate_shapes
+    was_training = gm.training
+    gm.eval()
+    try:
+        with torch.no_grad():
+            ShapeProp(gm, fake_mode=FakeTensorMode(allow_non_fake_inputs=True)).propagate(*example_inputs)
+    except Exception:
+        propagate_shapes(gm, example_inputs)
+    finally:
+        gm.train(was_training)
+
+
 def tensor_metas(node: fx.Node) -> Dict[str, tuple]:
     """Vertex key -> shape for each tensor a node produces (a tuple output gives one key per item)."""
     meta = node.meta.get("tensor_meta")

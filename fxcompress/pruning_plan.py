@@ -8,10 +8,9 @@ import numpy as np
 import torch
 import torch.fx as fx
 
-from .channel_graph import ChannelGroup, ChannelGroupsResult
+from .channel_graph import ChannelGroup, ChannelGroupsResult, record_shapes
 from .channel_prune import apply_plan
 from .flops import count_macs
-from .tracing import propagate_shapes
 
 
 def magnitude_scores(gm: fx.GraphModule, result: ChannelGroupsResult, groups: Iterable[ChannelGroup],
@@ -64,10 +63,7 @@ def plan_from_scores(groups: List[ChannelGroup], scores: Dict[int, np.ndarray], 
 
 def macs_of_plan(gm: fx.GraphModule, result: ChannelGroupsResult, plan, example_inputs) -> int:
     new = apply_plan(gm, result, plan)
-    was = new.training
-    new.eval()
-    propagate_shapes(new, example_inputs)
-    new.train(was)
+    record_shapes(new, example_inputs)
     return count_macs(new).macs
 
 

@@ -1,8 +1,9 @@
 """ChannelGroups: which channels of the model must be pruned together (see fxcompress.channel_graph)."""
 from __future__ import annotations
 
-from fxcompress.channel_graph import ChannelGroupsResult
+from fxcompress.channel_graph import ChannelGroupsResult, record_shapes
 from fxcompress.channel_rules import build_channel_graph
+from fxcompress.flops import count_macs
 from fxcompress.pass_base import AnalysisPass
 
 
@@ -10,9 +11,9 @@ class ChannelGroups(AnalysisPass):
     """Analysis: the channel-dependency graph of the current model and its pruning groups."""
 
     def run(self, ctx) -> ChannelGroupsResult:
-        ctx.refresh_shapes()
+        record_shapes(ctx.gm, ctx.example_inputs)  # shapes only: no need for a real forward pass
         builder = build_channel_graph(ctx.gm)
-        return builder.build_groups(ctx.flops().per_node)
+        return builder.build_groups(count_macs(ctx.gm).per_node)
 
     def summarize(self, result: ChannelGroupsResult) -> dict:
         return result.summary()
