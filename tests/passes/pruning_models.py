@@ -262,3 +262,23 @@ def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
             for name, p in m.named_parameters(recurse=False):
                 p.add_(torch.randn(p.shape, generator=g) * 0.1)
     return model.eval()
+
+
+class SliceSplitReshape(nn.Module):
+    """Constants baked into the graph: slice bounds, split sizes, a reshape to a fixed width."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.a = cbr(3, 8), cbr(8, 12)
+        self.b, self.c = cbr(5, 6), cbr(7, 6)
+        self.fc = nn.Linear(6 * 2 * 2 + 4, 5)
+
+    def forward(self, x):
+        y = self.a(self.stem(x))
+        p, q = torch.split(y, [5, 7], dim=1)
+        z = self.b(p) + self.c(q)
+        z = F.adaptive_avg_pool2d(z, 2).reshape(-1, 24)
+        return self.fc(torch.cat([z, y[:, 1:5].mean((2, 3))], 1))
+
+
+COUPLING_MODELS["slice_split_reshape"] = SliceSplitReshape
