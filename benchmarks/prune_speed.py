@@ -91,7 +91,7 @@ def tp_pruned(model, x, target_macs: int, round_to: int, path: str):
         pruner.step()
         return m.eval()
     lo, hi, best = 0.0, 0.9, None
-    for _ in range(8):
+    for _ in range(7):
         mid = (lo + hi) / 2
         m = prune(mid)
         macs = macs_of(m, x)

@@ -106,10 +106,22 @@ def main(argv=None):
     p.add_argument("--ratio", type=float, default=0.5)
     p.add_argument("--size", type=int, default=64, help="input side where the model allows it")
     p.add_argument("--out", default=os.path.join(RESULTS, "zoo_prune"))
+    p.add_argument("--shard", default="0/1", help="i/n: run every n-th model starting at i (parallel workers)")
+    p.add_argument("--merge", nargs="*", help="merge the JSON files of finished shards into --out and exit")
     args = p.parse_args(argv)
+    if args.merge:
+        rows = []
+        for path in args.merge:
+            with open(path) as f:
+                rows += json.load(f)["rows"]
+        order = torchvision.models.list_models(module=torchvision.models)
+        rows.sort(key=lambda r: order.index(r["model"]) if r["model"] in order else len(order))
+        return write(rows, args)
     warnings.filterwarnings("ignore")
     torch.set_num_threads(2)
     names = args.models or torchvision.models.list_models(module=torchvision.models)
+    i, n = (int(v) for v in args.shard.split("/"))
+    names = names[i::n]
     rows = []
     with tempfile.TemporaryDirectory() as tmpdir:
         bar = tqdm(names, desc="zoo", unit="model")
@@ -118,6 +130,10 @@ def main(argv=None):
             rows.append(run_one(name, args.ratio, args.size, tmpdir))
             if rows[-1]["status"] != "ok":
                 tqdm.write(f"{name}: {rows[-1]['reason']}")
+    return write(rows, args)
+
+
+def write(rows, args) -> int:
     text = table(rows)
     print(text)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)

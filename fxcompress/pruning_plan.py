@@ -68,7 +68,7 @@ def macs_of_plan(gm: fx.GraphModule, result: ChannelGroupsResult, plan, example_
 
 
 def search_ratio(make_plan: Callable[[float], dict], macs_of: Callable[[dict], int], target_macs: int,
-                 steps: int = 12) -> tuple:
+                 steps: int = 10) -> tuple:
     """Smallest ratio (bisection) whose plan brings MACs to at most `target_macs`; (ratio, plan, macs)."""
     lo, hi = 0.0, 0.99
     best = (hi, make_plan(hi), None)
