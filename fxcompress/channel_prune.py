@@ -464,3 +464,73 @@ def verify_exactness(gm, new, result, plan, example_inputs) -> dict:
     out = _run_eval(new64, inputs64)
     del gm64, new64
     return {**compare_outputs(out, reference, tol, what + " (float64)"), "exact_check": "float64"}
+
+
+# ============================================================================================ probing the analysis
+def _meta_copy(gm: fx.GraphModule) -> fx.GraphModule:
+    """A copy of gm whose parameters and buffers live on the meta device (shapes only, no memory)."""
+    memo = {}
+    for t in list(gm.parameters()) + list(gm.buffers()):
+        meta = t.detach().to("meta")
+        memo[id(t)] = nn.Parameter(meta, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else meta
+    return copy.deepcopy(gm, memo)
+
+
+def _first_mismatch(gm: fx.GraphModule, result: ChannelGroupsResult, masks, inputs) -> Optional[fx.Node]:
+    """Run gm on meta tensors; the first node that fails or whose shape differs from the prediction."""
+    s = PruneState(gm, result, masks)
+
+    class Probe(fx.Interpreter):
+        failed = None
+
+        def run_node(self, n):
+            try:
+                out = super().run_node(n)
+            except Exception:
+                Probe.failed = n
+                raise
+            items = {f"n:{n.name}": out} if isinstance(out, torch.Tensor) else \
+                {f"n:{n.name}#{i}": v for i, v in enumerate(out)} if isinstance(out, (tuple, list)) else {}
+            for key, value in items.items():
+                if isinstance(value, torch.Tensor) and key in result.shapes and \
+                        tuple(value.shape) != s.new_shape(key):
+                    Probe.failed = n
+                    raise RuntimeError("shape mismatch")
+            return out
+    try:
+        with torch.no_grad():
+            Probe(gm).run(*inputs)
+    except Exception:
+        return Probe.failed or next(iter(gm.graph.nodes))
+    return None
+
+
+def probe_groups(gm: fx.GraphModule, result: ChannelGroupsResult, example_inputs, max_rounds: int = 30) -> int:
+    """Check the analysis' predictions symbolically: remove one unit of every prunable group in a meta copy
+    of the model and run it on meta tensors. A node that then fails or changes shape unpredictably (a size
+    computed from another tensor's shape, say) fixes the groups that reach it. Returns how many groups
+    were fixed; does nothing when the model does not run on meta tensors at all."""
+    inputs = tuple(t.to("meta") for t in example_inputs)
+    base = _meta_copy(gm)
+    if _first_mismatch(base, result, {}, inputs) is not None:
+        return 0
+    fixed = 0
+    for _ in range(max_rounds):
+        plan = {g.id: np.arange(1, g.size) for g in result.prunable() if g.size > 1}
+        if not plan:
+            return fixed
+        new = apply_plan(base, result, plan)
+        node = _first_mismatch(new, result, keep_masks(result, plan), inputs)
+        if node is None:
+            return fixed
+        keys = {f"n:{node.name}"} | {f"n:{a.name}" for a in node.all_input_nodes}
+        culprits = [g for g in result.prunable() if g.id in plan and
+                    any(m.key.split("#")[0] in keys for m in g.members)]
+        if not culprits:  # cannot tell which group: fix them all rather than guess
+            culprits = [result.groups[g] for g in plan]
+        for g in culprits:
+            g.prunable = False
+            g.reasons = [f"pruning it breaks {node.op} {getattr(node.target, '__name__', node.target)} "
+                         f"({node.name}): a size there is computed from another tensor"]
+        fixed += len(culprits)
+    return fixed
