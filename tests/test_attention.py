@@ -61,3 +61,38 @@ def test_window_attention_with_pruned_head_dims_equals_zeroed_dims():
     got = window_attention(x, qkv_w[rows], proj_w[:, cols], bias, [4, 4], heads, [2, 2], training=False,
                            qk_dim=len(keep_qk), v_dim=len(keep_v), scale=1 / math.sqrt(hd))
     assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_macs_rules_match_the_unpruned_ops():
+    from fxcompress.flops import count_macs
+    from fxcompress.tracing import propagate_shapes, trace
+
+    class MHA(nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.a = m
+
+        def forward(self, x):
+            return self.a(x, x, x, need_weights=False)[0]
+
+    class Win(nn.Module):
+        def __init__(self, fn, **kw):
+            super().__init__()
+            self.fn, self.kw = fn, kw
+            self.qkv, self.proj = nn.Parameter(torch.randn(48, 16)), nn.Parameter(torch.randn(16, 16))
+            self.register_buffer("bias", torch.zeros(1, 2, 16, 16))
+
+        def forward(self, x):
+            return self.fn(x, self.qkv, self.proj, self.bias, [4, 4], 2, [0, 0], **self.kw)
+
+    def macs(model, x):
+        gm = trace(model.eval())
+        propagate_shapes(gm, (x,))
+        return count_macs(gm).macs
+
+    x = torch.randn(2, 5, 16)
+    assert macs(MHA(nn.MultiheadAttention(16, 4, batch_first=True)), x) == \
+        macs(MHA(PrunedMultiheadAttention(16, 16, 4, 4, 4, 0.5, True)), x) > 0
+    x = torch.randn(1, 8, 8, 16)
+    assert macs(Win(shifted_window_attention), x) == \
+        macs(Win(window_attention, qk_dim=8, v_dim=8, scale=0.3), x) > 0
