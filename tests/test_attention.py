@@ -75,16 +75,6 @@ def test_macs_rules_match_the_unpruned_ops():
         def forward(self, x):
             return self.a(x, x, x, need_weights=False)[0]
 
-    class Win(nn.Module):
-        def __init__(self, fn, **kw):
-            super().__init__()
-            self.fn, self.kw = fn, kw
-            self.qkv, self.proj = nn.Parameter(torch.randn(48, 16)), nn.Parameter(torch.randn(16, 16))
-            self.register_buffer("bias", torch.zeros(1, 2, 16, 16))
-
-        def forward(self, x):
-            return self.fn(x, self.qkv, self.proj, self.bias, [4, 4], 2, [0, 0], **self.kw)
-
     def macs(model, x):
         gm = trace(model.eval())
         propagate_shapes(gm, (x,))
@@ -93,6 +83,15 @@ def test_macs_rules_match_the_unpruned_ops():
     x = torch.randn(2, 5, 16)
     assert macs(MHA(nn.MultiheadAttention(16, 4, batch_first=True)), x) == \
         macs(MHA(PrunedMultiheadAttention(16, 16, 4, 4, 4, 0.5, True)), x) > 0
+    # torchvision's Swin attention node, then the same node calling window_attention with the same dims
+    from torchvision.models.swin_transformer import ShiftedWindowAttention
     x = torch.randn(1, 8, 8, 16)
-    assert macs(Win(shifted_window_attention), x) == \
-        macs(Win(window_attention, qk_dim=8, v_dim=8, scale=0.3), x) > 0
+    gm = trace(ShiftedWindowAttention(16, [4, 4], [2, 2], 2).eval())
+    propagate_shapes(gm, (x,))
+    before = count_macs(gm).macs
+    node = next(n for n in gm.graph.nodes if n.target is shifted_window_attention)
+    node.target = window_attention
+    node.kwargs = {**node.kwargs, "qk_dim": 8, "v_dim": 8, "scale": 8 ** -0.5}
+    gm.recompile()
+    propagate_shapes(gm, (x,))
+    assert count_macs(gm).macs == before > 0
