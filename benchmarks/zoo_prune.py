@@ -123,13 +123,21 @@ def main(argv=None):
     i, n = (int(v) for v in args.shard.split("/"))
     names = names[i::n]
     rows = []
+    partial = args.out + ".partial.json"  # written after every model: a crash (out of memory) loses one row
+    if os.path.exists(partial):
+        with open(partial) as f:
+            rows = json.load(f)
+    done = {r["model"] for r in rows}
     with tempfile.TemporaryDirectory() as tmpdir:
-        bar = tqdm(names, desc="zoo", unit="model")
+        bar = tqdm([n for n in names if n not in done], desc="zoo", unit="model")
         for name in bar:
             bar.set_postfix_str(name)
             rows.append(run_one(name, args.ratio, args.size, tmpdir))
             if rows[-1]["status"] != "ok":
                 tqdm.write(f"{name}: {rows[-1]['reason']}")
+            os.makedirs(os.path.dirname(partial), exist_ok=True)
+            with open(partial, "w") as f:
+                json.dump(rows, f)
     return write(rows, args)
 
 
