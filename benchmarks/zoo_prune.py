@@ -110,12 +110,14 @@ def main(argv=None):
     p.add_argument("--merge", nargs="*", help="merge the JSON files of finished shards into --out and exit")
     args = p.parse_args(argv)
     if args.merge:
-        rows = []
-        for path in args.merge:
+        by_model = {}
+        for path in args.merge:  # later files win: reruns replace earlier rows
             with open(path) as f:
-                rows += json.load(f)["rows"]
+                data = json.load(f)
+            for r in (data["rows"] if isinstance(data, dict) else data):
+                by_model[r["model"]] = r
         order = torchvision.models.list_models(module=torchvision.models)
-        rows.sort(key=lambda r: order.index(r["model"]) if r["model"] in order else len(order))
+        rows = sorted(by_model.values(), key=lambda r: order.index(r["model"]) if r["model"] in order else len(order))
         return write(rows, args)
     warnings.filterwarnings("ignore")
     torch.set_num_threads(2)
