@@ -108,8 +108,11 @@ def record_shapes(gm: fx.GraphModule, example_inputs) -> None:
     was_training = gm.training
     gm.eval()
     try:
+        prop = ShapeProp(gm)
+        # the real parameters take part as they are (no fake copy of the module): only inputs are fake
+        prop.fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
         with torch.no_grad():
-            ShapeProp(gm, fake_mode=FakeTensorMode(allow_non_fake_inputs=True)).propagate(*example_inputs)
+            prop.propagate(*example_inputs)
     except Exception:
         propagate_shapes(gm, example_inputs)
     finally:
@@ -230,7 +233,9 @@ class ChannelGraphBuilder:
         comp_has_param = np.zeros(len(comp_reason), dtype=bool)
         comp_has_param[label[is_param[dim_of_id]]] = True
         ids = np.nonzero(comp_has_param[label])[0]
-        pairs = np.unique(np.stack([label[ids], dim_of_id[ids]], 1), axis=0)
+        n_dims = max(len(dims), 1)
+        pair_keys = np.unique(label[ids].astype(np.int64) * n_dims + dim_of_id[ids])
+        pairs = np.stack([pair_keys // n_dims, pair_keys % n_dims], 1)
         codes = np.random.default_rng(0).integers(1, 2 ** 62, size=len(dims), dtype=np.int64)
         comp_sig = np.zeros(len(comp_reason), dtype=np.int64)
         np.add.at(comp_sig, pairs[:, 0], codes[pairs[:, 1]])

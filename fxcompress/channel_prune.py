@@ -511,11 +511,26 @@ def _first_mismatch(gm: fx.GraphModule, result: ChannelGroupsResult, masks, inpu
     return None
 
 
+SIZE_ARG_OPS = {"view", "reshape", "expand", "new_zeros", "new_ones", "new_empty", "new_full", "repeat",
+                torch.reshape, torch.zeros, torch.ones, torch.empty, torch.full, torch.arange}
+
+
+def _has_dynamic_size(node: fx.Node) -> bool:
+    """A shape argument computed in the graph (from some tensor's size), not a constant."""
+    if node.op not in ("call_method", "call_function") or node.target not in SIZE_ARG_OPS:
+        return False
+    args = list(node.args[1:] if node.op == "call_method" or node.target is torch.reshape else node.args)
+    flat = [a for x in args for a in (x if isinstance(x, (list, tuple)) else [x])]
+    return any(isinstance(a, fx.Node) for a in flat)
+
+
 def probe_groups(gm: fx.GraphModule, result: ChannelGroupsResult, example_inputs, max_rounds: int = 30) -> int:
     """Check the analysis' predictions symbolically: remove one unit of every prunable group in a meta copy
     of the model and run it on meta tensors. A node that then fails or changes shape unpredictably (a size
     computed from another tensor's shape, say) fixes the groups that reach it. Returns how many groups
     were fixed; does nothing when the model does not run on meta tensors at all."""
+    if not any(_has_dynamic_size(n) for n in gm.graph.nodes):
+        return 0  # every size in the graph follows its tensors: the rules' predictions are complete
     inputs = tuple(t.to("meta") for t in example_inputs)
     base = _meta_copy(gm)
     if _first_mismatch(base, result, {}, inputs) is not None:
