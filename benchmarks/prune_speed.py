@@ -1,0 +1,194 @@
+"""Pruning speed, side by side with Torch-Pruning, in one run.
+
+(a) Building the channel groups (trace + shapes + groups) vs Torch-Pruning's
+    DependencyGraph().build_dependency on resnet50, densenet121, vit_b_16 (224x224, interleaved repeats).
+(b) onnxruntime CPU latency (2 threads, batch 1 and 8, median of --reps interleaved runs) of resnet50 and
+    mobilenet_v2 before and after pruning to half the MACs with round_to 1, 8, 16, and Torch-Pruning's
+    MagnitudePruner at the same MACs (round_to 8). Efficiency = latency speed-up / MACs reduction.
+
+    python benchmarks/prune_speed.py [--reps 30] [--skip-build] [--skip-latency]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+
+import numpy as np
+import torch
+import torchvision
+from tqdm import tqdm
+
+import fxcompress
+from fxcompress.channel_graph import record_shapes
+from fxcompress.channel_rules import build_channel_graph
+from fxcompress.flops import count_macs
+from fxcompress.onnx_export import ort_session, save_checked, to_onnx_proto
+from fxcompress.passes import ExportONNX, MagnitudePrune
+from fxcompress.tracing import propagate_shapes, trace
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def macs_of(model, x) -> int:
+    gm = trace(copy.deepcopy(model).eval())
+    propagate_shapes(gm, (x,))
+    return count_macs(gm).macs
+
+
+# ------------------------------------------------------------------------------------------------ (a)
+def ours_build(model, x):
+    gm = trace(model)
+    record_shapes(gm, (x,))
+    return build_channel_graph(gm).build_groups(count_macs(gm).per_node)
+
+
+def tp_build(model, x):
+    import torch_pruning as tp
+    return tp.DependencyGraph().build_dependency(model, example_inputs=x, verbose=False)
+
+
+def group_build_times(names, reps: int) -> list:
+    rows = []
+    for name in names:
+        model = torchvision.models.get_model(name, weights=None).eval()
+        x = torch.randn(1, 3, 224, 224)
+        times = {"fxcompress": [], "torch_pruning": []}
+        for _ in tqdm(range(reps), desc=f"build {name}", leave=False):
+            for label, fn in (("fxcompress", ours_build), ("torch_pruning", tp_build)):
+                start = time.perf_counter()
+                fn(model, x)
+                times[label].append(time.perf_counter() - start)
+        ours, theirs = statistics.median(times["fxcompress"]), statistics.median(times["torch_pruning"])
+        groups = ours_build(model, x)
+        rows.append({"model": name, "fxcompress_s": ours, "torch_pruning_s": theirs, "tp_over_ours": theirs / ours,
+                     "groups": len(groups.groups), "prunable_groups": len(groups.prunable())})
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------ (b)
+def ours_pruned(model, x, round_to: int, path: str):
+    res = fxcompress.compile(model, [MagnitudePrune(target_macs=0.5, round_to=round_to), ExportONNX(path)], x,
+                             progress=False)
+    return res.model, res.report.records[0].macs_after
+
+
+def tp_pruned(model, x, target_macs: int, round_to: int, path: str):
+    """Torch-Pruning's MagnitudePruner (L1), pruning ratio bisected to the same MACs as ours."""
+    import torch_pruning as tp
+
+    def prune(ratio):
+        m = copy.deepcopy(model)
+        head = [m.fc] if hasattr(m, "fc") else [m.classifier[-1]]
+        pruner = tp.pruner.MagnitudePruner(m, x, importance=tp.importance.MagnitudeImportance(p=1),
+                                           pruning_ratio=ratio, round_to=round_to, ignored_layers=head)
+        pruner.step()
+        return m.eval()
+    lo, hi, best = 0.0, 0.9, None
+    for _ in range(7):
+        mid = (lo + hi) / 2
+        m = prune(mid)
+        macs = macs_of(m, x)
+        if macs <= target_macs:
+            hi, best = mid, (m, macs, mid)
+        else:
+            lo = mid
+    if best is None:
+        m = prune(hi)
+        best = (m, macs_of(m, x), hi)
+    proto = to_onnx_proto(best[0], (x,))
+    save_checked(proto, path)
+    return best
+
+
+def latency(sessions: dict, batch: int, reps: int) -> dict:
+    """Median seconds per run of every session, runs interleaved so that machine noise hits all alike."""
+    x = np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32)
+    times = {k: [] for k in sessions}
+    for s in sessions.values():  # warm-up
+        s.run(None, {s.get_inputs()[0].name: x})
+    for _ in tqdm(range(reps), desc=f"latency batch {batch}", leave=False):
+        for k, s in sessions.items():
+            feed = {s.get_inputs()[0].name: x}
+            start = time.perf_counter()
+            s.run(None, feed)
+            times[k].append(time.perf_counter() - start)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def latency_rows(name: str, reps: int, tmpdir: str, with_tp: bool) -> list:
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(name, weights=None).eval()
+    x = torch.randn(1, 3, 224, 224)
+    paths, macs, extra = {}, {}, {}
+    paths["original"] = os.path.join(tmpdir, f"{name}.onnx")
+    save_checked(to_onnx_proto(model, (x,)), paths["original"])
+    macs["original"] = macs_of(model, x)
+    for r in (1, 8, 16):
+        key = f"fxcompress round_to={r}"
+        paths[key] = os.path.join(tmpdir, f"{name}_r{r}.onnx")
+        _, macs[key] = ours_pruned(model, x, r, paths[key])
+    if with_tp:
+        key = "torch_pruning round_to=8"
+        paths[key] = os.path.join(tmpdir, f"{name}_tp8.onnx")
+        _, macs[key], extra["tp_ratio"] = tp_pruned(model, x, macs["fxcompress round_to=8"], 8, paths[key])
+    sessions = {k: ort_session(p, threads=2) for k, p in paths.items()}
+    rows = []
+    for batch in (1, 8):
+        lat = latency(sessions, batch, reps)
+        for k in paths:
+            speedup = lat["original"] / lat[k]
+            reduction = macs["original"] / macs[k]
+            rows.append({"model": name, "variant": k, "batch": batch, "macs": macs[k], "latency_ms": lat[k] * 1e3,
+                         "speedup": speedup, "macs_reduction": reduction, "efficiency": speedup / reduction})
+    return rows
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--reps", type=int, default=30, help="timed runs per variant and batch size (>= 30)")
+    p.add_argument("--build-reps", type=int, default=5)
+    p.add_argument("--skip-build", action="store_true")
+    p.add_argument("--skip-latency", action="store_true")
+    p.add_argument("--out", default=os.path.join(RESULTS, "prune_speed.json"))
+    args = p.parse_args(argv)
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(2)
+    report = {"machine": f"{os.cpu_count()}-core CPU, shared with other jobs", "torch": torch.__version__}
+    if not args.skip_build:
+        rows = group_build_times(["resnet50", "densenet121", "vit_b_16"], args.build_reps)
+        report["group_build"] = rows
+        print("\n## Group building (trace + shapes + groups) vs Torch-Pruning build_dependency, 224x224, median\n")
+        print("| model | fxcompress s | Torch-Pruning s | Torch-Pruning / fxcompress | groups (prunable) |")
+        print("|---|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['model']} | {r['fxcompress_s']:.3f} | {r['torch_pruning_s']:.3f} | {r['tp_over_ours']:.2f}x | "
+                  f"{r['groups']} ({r['prunable_groups']}) |")
+    if not args.skip_latency:
+        import onnxruntime
+        report["onnxruntime"] = onnxruntime.__version__
+        rows = []
+        with tempfile.TemporaryDirectory() as tmpdir:
+            for name, with_tp in (("resnet50", True), ("mobilenet_v2", False)):
+                rows += latency_rows(name, args.reps, tmpdir, with_tp)
+        report["latency"] = rows
+        print(f"\n## onnxruntime CPU latency, 2 threads, median of {args.reps} interleaved runs\n")
+        print("| model | variant | batch | MACs | latency ms | speed-up | MACs reduction | efficiency |")
+        print("|---|---|---|---|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['model']} | {r['variant']} | {r['batch']} | {r['macs'] / 1e9:.2f}G | {r['latency_ms']:.1f} | "
+                  f"{r['speedup']:.2f}x | {r['macs_reduction']:.2f}x | {r['efficiency']:.2f} |")
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(report, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""Zoo sweep: every torchvision classification model, random weights: trace, MagnitudePrune, output shape,
+forward + backward, ExportONNX with onnxruntime parity. One row per model, a total, JSON + Markdown.
+
+    python benchmarks/zoo_prune.py [--models resnet18 vit_b_16 ...] [--ratio 0.5] [--size 64]
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import sys
+import tempfile
+import time
+import traceback
+import warnings
+
+import torch
+import torchvision
+from tqdm import tqdm
+
+import fxcompress
+from fxcompress.passes import ChannelGroups, ExportONNX, MagnitudePrune
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def build(name: str, size: int):
+    """A model with random weights and the smallest input it accepts near `size`."""
+    kwargs = {}
+    if name.startswith("vit_"):
+        patch = int(name.split("_")[-1])
+        size = max(patch * 4, (size // patch) * patch)
+        kwargs["image_size"] = size
+    elif name == "maxvit_t":
+        size = 224  # its window partitioning needs 224 / 32 = 7 at the last stage
+    elif name == "alexnet" or name.startswith("vgg"):
+        size = 224  # ONNX export of adaptive pooling needs the pooled size to divide the feature map (6 or 7)
+    elif name == "inception_v3":
+        size = max(size, 96)
+    if name in ("googlenet", "inception_v3"):
+        kwargs["init_weights"] = True
+    model = torchvision.models.get_model(name, weights=None, **kwargs).eval()
+    with torch.no_grad():  # zero-initialised heads and biases would make every check trivially pass
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    return model, torch.randn(1, 3, size, size)
+
+
+def run_one(name: str, ratio: float, size: int, tmpdir: str) -> dict:
+    row = {"model": name, "status": "fail", "reason": ""}
+    start = time.perf_counter()
+    try:
+        torch.manual_seed(0)
+        model, x = build(name, size)
+        row["input"] = list(x.shape)
+        with torch.no_grad():
+            expected = model(x)
+        path = os.path.join(tmpdir, f"{name}.onnx")
+        result = fxcompress.compile(model, [ChannelGroups(), MagnitudePrune(ratio), ExportONNX(path)], x,
+                                    progress=False)
+        groups, prune_rec, export_rec = result.report.records
+        row.update(params_before=prune_rec.params_before, params_after=prune_rec.params_after,
+                   macs_before=prune_rec.macs_before, macs_after=prune_rec.macs_after,
+                   groups=groups.metrics.get("groups"), prunable_groups=groups.metrics.get("prunable_groups"),
+                   exact_rel_err=prune_rec.metrics.get("max_rel_error"),
+                   onnx_rel_err=export_rec.metrics.get("max_rel_error"))
+        pruned = result.model
+        out = pruned(x)
+        if tuple(out.shape) != tuple(expected.shape):
+            raise RuntimeError(f"output shape {tuple(out.shape)} != {tuple(expected.shape)}")
+        out.float().pow(2).mean().backward()
+        grads = [p.grad for p in pruned.parameters() if p.requires_grad]
+        if not grads or any(g is None or not torch.isfinite(g).all() for g in grads):
+            raise RuntimeError("backward gave missing or non-finite gradients")
+        row["status"] = "ok"
+        os.unlink(path)
+    except Exception as e:  # the sweep records every failure with its reason and goes on
+        row["reason"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+        row["trace"] = traceback.format_exc(limit=-3)
+    row["seconds"] = round(time.perf_counter() - start, 2)
+    gc.collect()
+    return row
+
+
+def table(rows) -> str:
+    def m(v):
+        return "-" if v is None else f"{v / 1e6:.1f}M"
+    lines = ["| model | status | input | params | MACs | MACs kept | groups (prunable) | exact err | ONNX err | s | reason |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        kept = f"{r['macs_after'] / r['macs_before']:.2f}" if r.get("macs_before") else "-"
+        lines.append(f"| {r['model']} | {r['status']} | {r.get('input', ['-'])[-1]} | {m(r.get('params_before'))} -> "
+                     f"{m(r.get('params_after'))} | {m(r.get('macs_before'))} -> {m(r.get('macs_after'))} | {kept} | "
+                     f"{r.get('groups', '-')} ({r.get('prunable_groups', '-')}) | "
+                     f"{r.get('exact_rel_err') or 0:.1e} | {r.get('onnx_rel_err') or 0:.1e} | {r['seconds']} | "
+                     f"{r['reason']} |")
+    ok = sum(r["status"] == "ok" for r in rows)
+    lines.append(f"\n**{ok} / {len(rows)} models pruned, exact, exported and verified in onnxruntime.**")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="*", help="default: every torchvision classification model")
+    p.add_argument("--ratio", type=float, default=0.5)
+    p.add_argument("--size", type=int, default=64, help="input side where the model allows it")
+    p.add_argument("--out", default=os.path.join(RESULTS, "zoo_prune"))
+    p.add_argument("--shard", default="0/1", help="i/n: run every n-th model starting at i (parallel workers)")
+    p.add_argument("--merge", nargs="*", help="merge the JSON files of finished shards into --out and exit")
+    args = p.parse_args(argv)
+    if args.merge:
+        by_model = {}
+        for path in args.merge:  # later files win: reruns replace earlier rows
+            with open(path) as f:
+                data = json.load(f)
+            for r in (data["rows"] if isinstance(data, dict) else data):
+                by_model[r["model"]] = r
+        order = torchvision.models.list_models(module=torchvision.models)
+        rows = sorted(by_model.values(), key=lambda r: order.index(r["model"]) if r["model"] in order else len(order))
+        return write(rows, args)
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(2)
+    names = args.models or torchvision.models.list_models(module=torchvision.models)
+    i, n = (int(v) for v in args.shard.split("/"))
+    names = names[i::n]
+    rows = []
+    partial = args.out + ".partial.json"  # written after every model: a crash (out of memory) loses one row
+    if os.path.exists(partial):
+        with open(partial) as f:
+            rows = json.load(f)
+    done = {r["model"] for r in rows}
+    with tempfile.TemporaryDirectory() as tmpdir:
+        bar = tqdm([n for n in names if n not in done], desc="zoo", unit="model")
+        for name in bar:
+            bar.set_postfix_str(name)
+            rows.append(run_one(name, args.ratio, args.size, tmpdir))
+            if rows[-1]["status"] != "ok":
+                tqdm.write(f"{name}: {rows[-1]['reason']}")
+            os.makedirs(os.path.dirname(partial), exist_ok=True)
+            with open(partial, "w") as f:
+                json.dump(rows, f)
+    return write(rows, args)
+
+
+def write(rows, args) -> int:
+    text = table(rows)
+    print(text)
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    payload = {"torch": torch.__version__, "torchvision": torchvision.__version__, "ratio": args.ratio,
+               "size": args.size, "passed": sum(r["status"] == "ok" for r in rows), "total": len(rows), "rows": rows}
+    with open(args.out + ".json", "w") as f:
+        json.dump(payload, f, indent=1)
+    with open(args.out + ".md", "w") as f:
+        f.write(text + "\n")
+    return 0 if payload["passed"] == payload["total"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

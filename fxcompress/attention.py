@@ -1,0 +1,155 @@
+"""Attention with head dims that no longer equal embed_dim / num_heads: what pruned attention becomes.
+
+`nn.MultiheadAttention` and torchvision's `shifted_window_attention` derive the head dim (and the
+1/sqrt(head_dim) scale) from the embedding width, so once q/k or v head dims are pruned they cannot
+express the model any more. These replacements keep the packed parameter layout ([q | k | v] rows,
+heads x head dim each) with explicit `qk_dim`, `v_dim` and `scale`.
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Optional
+
+import torch
+import torch.fx
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class PrunedMultiheadAttention(nn.Module):
+    """Self-attention equivalent of nn.MultiheadAttention (same parameter names) with free head dims."""
+
+    _qkv_same_embed_dim = True
+    bias_k = bias_v = None
+
+    def __init__(self, embed_in: int, embed_out: int, num_heads: int, qk_dim: int, v_dim: int, scale: float,
+                 batch_first: bool, bias: bool = True, dropout: float = 0.0, dtype=None, device=None):
+        super().__init__()
+        self.embed_dim, self.embed_out, self.num_heads = embed_in, embed_out, num_heads
+        self.qk_dim = self.head_dim = qk_dim
+        self.v_dim, self.scale, self.batch_first, self.dropout = v_dim, scale, batch_first, dropout
+        kw = {"dtype": dtype, "device": device}
+        self.in_proj_weight = nn.Parameter(torch.empty(num_heads * (2 * qk_dim + v_dim), embed_in, **kw))
+        self.in_proj_bias = nn.Parameter(torch.zeros(num_heads * (2 * qk_dim + v_dim), **kw)) if bias else None
+        self.out_proj = nn.Linear(num_heads * v_dim, embed_out, bias=bias, **kw)
+
+    def forward(self, query, key=None, value=None, key_padding_mask=None, need_weights: bool = True,
+                attn_mask=None, average_attn_weights: bool = True, is_causal: bool = False):
+        x = query if self.batch_first else query.transpose(0, 1)
+        h, qk, v = self.num_heads, self.qk_dim, self.v_dim
+        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
+        q, k, val = qkv.split([h * qk, h * qk, h * v], dim=-1)
+        q = q.unflatten(-1, (h, qk)).transpose(1, 2)
+        k = k.unflatten(-1, (h, qk)).transpose(1, 2)
+        val = val.unflatten(-1, (h, v)).transpose(1, 2)
+        attn = torch.softmax((q * self.scale) @ k.transpose(-2, -1), dim=-1)
+        if self.training and self.dropout > 0:
+            attn = F.dropout(attn, self.dropout)
+        out = self.out_proj((attn @ val).transpose(1, 2).flatten(-2))
+        if not self.batch_first:
+            out = out.transpose(0, 1)
+        weights = None
+        if need_weights:
+            weights = attn.mean(1) if average_attn_weights else attn
+        return out, weights
+
+
+def _window_mask(x: torch.Tensor, pad_h: int, pad_w: int, window: List[int], shift: List[int]) -> torch.Tensor:
+    """-100 where two tokens of a window came from different regions before the cyclic shift."""
+    region = x.new_zeros((pad_h, pad_w))
+    count = 0
+    for hs in ((0, -window[0]), (-window[0], -shift[0]), (-shift[0], None)):
+        for ws in ((0, -window[1]), (-window[1], -shift[1]), (-shift[1], None)):
+            region[hs[0]:hs[1], ws[0]:ws[1]] = count
+            count += 1
+    n_windows = (pad_h // window[0]) * (pad_w // window[1])
+    region = region.view(pad_h // window[0], window[0], pad_w // window[1], window[1])
+    region = region.permute(0, 2, 1, 3).reshape(n_windows, window[0] * window[1])
+    diff = region.unsqueeze(1) - region.unsqueeze(2)
+    return diff.masked_fill(diff != 0, float(-100.0)).masked_fill(diff == 0, float(0.0))
+
+
+@torch.fx.wrap
+def window_attention(input: torch.Tensor, qkv_weight: torch.Tensor, proj_weight: torch.Tensor,
+                     relative_position_bias: torch.Tensor, window_size: List[int], num_heads: int,
+                     shift_size: List[int], attention_dropout: float = 0.0, dropout: float = 0.0,
+                     qkv_bias: Optional[torch.Tensor] = None, proj_bias: Optional[torch.Tensor] = None,
+                     logit_scale: Optional[torch.Tensor] = None, training: bool = True, *, qk_dim: int,
+                     v_dim: int, scale: float) -> torch.Tensor:
+    """torchvision's shifted_window_attention (Swin v1 and v2) with explicit head dims and scale."""
+    B, H, W, C = input.shape
+    pad_r = (window_size[1] - W % window_size[1]) % window_size[1]
+    pad_b = (window_size[0] - H % window_size[0]) % window_size[0]
+    x = F.pad(input, (0, 0, 0, pad_r, 0, pad_b))
+    _, pad_h, pad_w, _ = x.shape
+    shift = list(shift_size)
+    if window_size[0] >= pad_h:
+        shift[0] = 0
+    if window_size[1] >= pad_w:
+        shift[1] = 0
+    if sum(shift) > 0:
+        x = torch.roll(x, shifts=(-shift[0], -shift[1]), dims=(1, 2))
+    n_windows = (pad_h // window_size[0]) * (pad_w // window_size[1])
+    x = x.view(B, pad_h // window_size[0], window_size[0], pad_w // window_size[1], window_size[1], C)
+    x = x.permute(0, 1, 3, 2, 4, 5).reshape(B * n_windows, window_size[0] * window_size[1], C)
+    h, qk, v = num_heads, qk_dim, v_dim
+    if logit_scale is not None and qkv_bias is not None:  # Swin v2 has no key bias
+        qkv_bias = torch.cat([qkv_bias[:h * qk], torch.zeros_like(qkv_bias[h * qk:2 * h * qk]), qkv_bias[2 * h * qk:]])
+    qkv = F.linear(x, qkv_weight, qkv_bias)
+    q, k, val = qkv.split([h * qk, h * qk, h * v], dim=-1)
+    q = q.reshape(x.size(0), x.size(1), h, qk).transpose(1, 2)
+    k = k.reshape(x.size(0), x.size(1), h, qk).transpose(1, 2)
+    val = val.reshape(x.size(0), x.size(1), h, v).transpose(1, 2)
+    if logit_scale is not None:  # cosine attention: zero entries leave the norms unchanged
+        attn = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)
+        attn = attn * torch.clamp(logit_scale, max=math.log(100.0)).exp()
+    else:
+        attn = (q * scale).matmul(k.transpose(-2, -1))
+    attn = attn + relative_position_bias
+    if sum(shift) > 0:
+        mask = _window_mask(x, pad_h, pad_w, window_size, shift)
+        attn = attn.view(x.size(0) // n_windows, n_windows, h, x.size(1), x.size(1))
+        attn = attn + mask.unsqueeze(1).unsqueeze(0)
+        attn = attn.view(-1, h, x.size(1), x.size(1))
+    attn = F.dropout(F.softmax(attn, dim=-1), p=attention_dropout, training=training)
+    x = attn.matmul(val).transpose(1, 2).reshape(x.size(0), x.size(1), h * v)
+    x = F.dropout(F.linear(x, proj_weight, proj_bias), p=dropout, training=training)
+    c_out = proj_weight.shape[0]
+    x = x.view(B, pad_h // window_size[0], pad_w // window_size[1], window_size[0], window_size[1], c_out)
+    x = x.permute(0, 1, 3, 2, 4, 5).reshape(B, pad_h, pad_w, c_out)
+    if sum(shift) > 0:
+        x = torch.roll(x, shifts=(shift[0], shift[1]), dims=(1, 2))
+    return x[:, :H, :W, :].contiguous()
+
+
+# ---- MACs of the replacements, registered beside the torch/torchvision rules in fxcompress.flops
+def _pruned_mha_macs(node, m) -> int:
+    from .tracing import node_shape
+    q = node_shape(node.args[0]) if node.args else None
+    if q is None:
+        return 0
+    B, L = (q[0], q[1]) if m.batch_first else (q[1], q[0])
+    h, qk, v = m.num_heads, m.qk_dim, m.v_dim
+    return B * L * (m.embed_dim * h * (2 * qk + v) + L * h * (qk + v) + h * v * m.embed_out)
+
+
+def _window_attention_macs(node, _) -> int:
+    from .tracing import node_shape
+    x = node_shape(node.args[0])
+    if x is None:
+        return 0
+    B, H, W, C = x
+    window, heads = node.args[4], node.args[5]
+    qk, v = node.kwargs["qk_dim"], node.kwargs["v_dim"]
+    c_out = node_shape(node)[-1]
+    tokens = B * math.ceil(H / window[0]) * window[0] * math.ceil(W / window[1]) * window[1]
+    return tokens * (C * heads * (2 * qk + v) + window[0] * window[1] * heads * (qk + v) + heads * v * c_out)
+
+
+def _register_macs():
+    from . import flops
+    flops.MODULE_RULES[PrunedMultiheadAttention] = _pruned_mha_macs
+    flops.FUNCTION_RULES[window_attention] = _window_attention_macs
+
+
+_register_macs()

@@ -1,0 +1,86 @@
+"""Turning channel scores into pruning plans: per-group or global ranking, rounding, MACs targets."""
+from __future__ import annotations
+
+import math
+from typing import Callable, Dict, Iterable, List, Optional
+
+import numpy as np
+import torch
+import torch.fx as fx
+
+from .channel_graph import ChannelGroup, ChannelGroupsResult, record_shapes
+from .channel_prune import apply_plan
+from .flops import count_macs
+
+
+def magnitude_scores(gm: fx.GraphModule, result: ChannelGroupsResult, groups: Iterable[ChannelGroup],
+                     norm: float = 1) -> Dict[int, np.ndarray]:
+    """Score of each unit: the sum over the group's parameters of the `norm`-norm of the unit's slice."""
+    params = dict(gm.named_parameters())
+    scores = {}
+    for g in groups:
+        total = np.zeros(g.size)
+        for m in g.param_members():
+            t = params.get(m.name)
+            if t is None:  # buffers (running statistics) do not vote
+                continue
+            with torch.no_grad():
+                per_pos = t.detach().float().abs().pow(norm).movedim(m.dim, 0).reshape(t.shape[m.dim], -1).sum(1)
+            acc = np.bincount(m.units, weights=per_pos.cpu().numpy()[m.positions], minlength=g.size)
+            total += acc ** (1.0 / norm)
+        scores[g.id] = total
+    return scores
+
+
+def _rounded_keep(size: int, keep: int, round_to: int) -> int:
+    keep = max(1, keep)
+    return min(size, int(math.ceil(keep / round_to)) * round_to)
+
+
+def plan_from_scores(groups: List[ChannelGroup], scores: Dict[int, np.ndarray], ratio: float, round_to: int = 1,
+                     global_ranking: bool = False) -> Dict[int, np.ndarray]:
+    """Remove `ratio` of the units of each group (or, globally, the lowest `ratio` of all units, scores
+    normalised per group), round kept counts up to a multiple of `round_to`, never empty a group."""
+    keep_counts = {}
+    if global_ranking:
+        norm = {g.id: scores[g.id] / max(float(scores[g.id].mean()), 1e-12) for g in groups}
+        flat = np.concatenate([norm[g.id] for g in groups]) if groups else np.zeros(0)
+        n_remove = int(ratio * len(flat))
+        threshold = np.sort(flat)[n_remove - 1] if n_remove > 0 else -np.inf
+        for g in groups:
+            keep_counts[g.id] = int((norm[g.id] > threshold).sum())
+    else:
+        for g in groups:
+            keep_counts[g.id] = g.size - int(ratio * g.size)
+    plan = {}
+    for g in groups:
+        keep = _rounded_keep(g.size, keep_counts[g.id], round_to)
+        if keep < g.size:
+            order = np.argsort(-scores[g.id], kind="stable")
+            plan[g.id] = np.sort(order[:keep])
+    return plan
+
+
+def macs_of_plan(gm: fx.GraphModule, result: ChannelGroupsResult, plan, example_inputs) -> int:
+    new = apply_plan(gm, result, plan)
+    record_shapes(new, example_inputs)
+    return count_macs(new).macs
+
+
+def search_ratio(make_plan: Callable[[float], dict], macs_of: Callable[[dict], int], target_macs: int,
+                 steps: int = 10) -> tuple:
+    """Smallest ratio (bisection) whose plan brings MACs to at most `target_macs`; (ratio, plan, macs)."""
+    lo, hi = 0.0, 0.99
+    best = (hi, make_plan(hi), None)
+    best = (hi, best[1], macs_of(best[1]))
+    if best[2] > target_macs:
+        return best
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        plan = make_plan(mid)
+        macs = macs_of(plan)
+        if macs <= target_macs:
+            hi, best = mid, (mid, plan, macs)
+        else:
+            lo = mid
+    return best

@@ -1,0 +1,129 @@
+"""MagnitudePrune: argument checks, ranking, rounding, ignore, MACs target; a CI-sized torchvision subset."""
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torchvision
+
+import fxcompress
+from fxcompress.passes import ChannelGroups, ExportONNX, MagnitudePrune
+from pruning_models import ResidualProjection, cbr, randomize
+
+X = torch.randn(2, 3, 32, 32)
+
+
+def run(model, *passes, x=X):
+    return fxcompress.compile(model, list(passes), x, progress=False)
+
+
+@pytest.mark.parametrize("kwargs", [{"ratio": -0.1}, {"ratio": 1.0}, {"ratio": "half"}, {"round_to": 0},
+                                    {"round_to": 2.5}, {"norm": 0}, {"target_macs": 1.5}])
+def test_bad_arguments_raise_value_error(kwargs):
+    with pytest.raises(ValueError, match="MagnitudePrune"):
+        MagnitudePrune(**kwargs)
+
+
+def test_unknown_ignore_name_raises():
+    with pytest.raises(ValueError, match="no_such_layer"):
+        run(randomize(ResidualProjection()), MagnitudePrune(0.5, ignore=["no_such_layer"]))
+
+
+def test_removes_ratio_per_group_and_keeps_the_classifier_width():
+    model = randomize(ResidualProjection())
+    out = run(model, MagnitudePrune(0.5)).model
+    assert out.get_submodule("a1.0").out_channels == 6 and out.get_submodule("b1.0").out_channels == 8
+    assert out.get_submodule("stem.0").out_channels == 4
+    assert out.get_submodule("head.fc").out_features == 5
+
+
+def test_round_to_and_never_empty():
+    model = randomize(ResidualProjection())
+    out = run(model, MagnitudePrune(0.5, round_to=8)).model
+    assert out.get_submodule("a1.0").out_channels == 8       # 12 -> 6 rounded up to 8
+    assert out.get_submodule("stem.0").out_channels == 8     # 8 -> 4 rounded up to 8: unchanged
+    out = run(model, MagnitudePrune(0.99)).model
+    assert all(m.out_channels >= 1 for m in out.modules() if isinstance(m, nn.Conv2d))
+
+
+def test_ignore_leaves_a_module_whole():
+    model = randomize(ResidualProjection())
+    out = run(model, MagnitudePrune(0.5, ignore=["a1"])).model
+    assert out.get_submodule("a1.0").out_channels == 12 and out.get_submodule("b1.0").out_channels == 8
+
+
+def test_smallest_channels_go_first_locally_and_globally():
+    model = nn.Sequential(cbr(3, 8), nn.Conv2d(8, 4, 1)).eval()
+    with torch.no_grad():
+        model[0][0].weight.mul_(torch.tensor([5, .01, 5, .02, 5, .03, 5, .04]).view(8, 1, 1, 1))
+    for global_ranking in (False, True):
+        out = run(model, MagnitudePrune(0.5, global_ranking=global_ranking)).model
+        kept = out.get_submodule("0.0").weight
+        assert kept.shape[0] == 4
+        assert torch.equal(kept, model[0][0].weight[[0, 2, 4, 6]])
+
+
+def test_global_ranking_prunes_unevenly():
+    model = randomize(ResidualProjection())
+    with torch.no_grad():  # make one group's channels very uneven in norm
+        model.a1[0].weight.mul_(torch.logspace(-3, 0, 12).view(12, 1, 1, 1))
+    out = run(model, MagnitudePrune(0.5, global_ranking=True)).model
+    widths = [out.get_submodule(n).out_channels for n in ("a1.0", "b1.0", "stem.0")]
+    assert widths != [6, 8, 4] and sum(widths) < 36
+
+
+def test_target_macs_halves_macs():
+    model = randomize(ResidualProjection())
+    res = run(model, MagnitudePrune(target_macs=0.5, round_to=2))
+    rec = res.report.records[0]
+    assert rec.macs_after <= 0.5 * rec.macs_before and rec.macs_after > 0.3 * rec.macs_before
+    assert 0 < rec.metrics["ratio"] < 1
+
+
+def tiny_vit():
+    from torchvision.models.vision_transformer import VisionTransformer
+    return VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64,
+                             num_classes=10)
+
+
+def tiny_swin():
+    from torchvision.models.swin_transformer import SwinTransformer, SwinTransformerBlockV2, PatchMergingV2
+    return SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[2, 1], num_heads=[2, 2], window_size=[4, 4],
+                           num_classes=10, block=SwinTransformerBlockV2, downsample_layer=PatchMergingV2)
+
+
+def tiny_swin_v1():
+    from torchvision.models.swin_transformer import SwinTransformer
+    return SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[2, 1], num_heads=[2, 2], window_size=[4, 4],
+                           num_classes=10)
+
+
+def tiny_convnext():
+    from torchvision.models.convnext import CNBlockConfig, ConvNeXt
+    return ConvNeXt([CNBlockConfig(16, 32, 1), CNBlockConfig(32, None, 1)], num_classes=10)
+
+
+ZOO = {"resnet18": lambda: torchvision.models.resnet18(num_classes=10),
+       "mobilenet_v3_small": lambda: torchvision.models.mobilenet_v3_small(num_classes=10),
+       "shufflenet_v2_x0_5": lambda: torchvision.models.shufflenet_v2_x0_5(num_classes=10),
+       "regnet_y_400mf": lambda: torchvision.models.regnet_y_400mf(num_classes=10),
+       "densenet121": lambda: torchvision.models.densenet121(num_classes=10),
+       "efficientnet_b0": lambda: torchvision.models.efficientnet_b0(num_classes=10),
+       "vit_tiny": tiny_vit, "swin_v1_tiny": tiny_swin_v1, "swin_v2_tiny": tiny_swin, "convnext_tiny": tiny_convnext}
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_torchvision_subset(name, tmp_path):
+    torch.manual_seed(0)
+    model = ZOO[name]().eval()
+    with torch.no_grad():  # zero-initialised heads would make the checks trivial
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    x = torch.randn(1, 3, 32, 32)
+    res = run(model, ChannelGroups(), MagnitudePrune(0.5), ExportONNX(str(tmp_path / "m.onnx")), x=x)
+    groups, prune, export = res.report.records
+    assert groups.metrics["prunable_groups"] > 0
+    assert prune.macs_after < 0.8 * prune.macs_before, "pruning removed too little"
+    assert prune.metrics["max_rel_error"] < 1e-5 and export.metrics["max_rel_error"] < 1e-4
+    y = res.model(x)
+    assert y.shape == (1, 10)
+    y.sum().backward()

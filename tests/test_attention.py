@@ -1,0 +1,97 @@
+"""The pruned-attention replacements compute exactly what torch / torchvision compute before pruning."""
+import math
+
+import torch
+import torch.nn as nn
+from torchvision.models.swin_transformer import shifted_window_attention
+
+from fxcompress.attention import PrunedMultiheadAttention, window_attention
+
+
+def test_pruned_mha_matches_multihead_attention():
+    torch.manual_seed(0)
+    for batch_first in (True, False):
+        ref = nn.MultiheadAttention(16, 4, batch_first=batch_first).eval()
+        m = PrunedMultiheadAttention(16, 16, 4, 4, 4, 0.5, batch_first).eval()
+        with torch.no_grad():
+            m.in_proj_weight.copy_(ref.in_proj_weight)
+            m.in_proj_bias.copy_(ref.in_proj_bias.normal_())
+            m.out_proj.load_state_dict(ref.out_proj.state_dict())
+        x = torch.randn(2, 5, 16) if batch_first else torch.randn(5, 2, 16)
+        want, want_w = ref(x, x, x)
+        got, got_w = m(x, x, x)
+        assert torch.allclose(got, want, atol=1e-5) and torch.allclose(got_w, want_w, atol=1e-6)
+
+
+def test_window_attention_matches_torchvision_v1_and_v2():
+    torch.manual_seed(0)
+    C, heads = 16, 2
+    x = torch.randn(2, 9, 10, C)  # not a multiple of the window: padding and masks are exercised
+    qkv_w, qkv_b = torch.randn(3 * C, C) * 0.2, torch.randn(3 * C) * 0.1
+    proj_w, proj_b = torch.randn(C, C) * 0.2, torch.randn(C) * 0.1
+    bias = torch.randn(1, heads, 16, 16)
+    for logit_scale in (None, torch.log(10 * torch.ones(heads, 1, 1))):
+        for shift in ([0, 0], [2, 2]):
+            args = (x, qkv_w, proj_w, bias, [4, 4], heads, shift, 0.0, 0.0, qkv_b, proj_b, logit_scale, False)
+            want = shifted_window_attention(*args)
+            got = window_attention(*args, qk_dim=C // heads, v_dim=C // heads, scale=(C // heads) ** -0.5)
+            assert torch.allclose(got, want, atol=1e-5), (logit_scale is None, shift)
+
+
+def test_window_attention_with_pruned_head_dims_equals_zeroed_dims():
+    torch.manual_seed(0)
+    C, heads, hd = 16, 2, 8
+    x = torch.randn(1, 8, 8, C)
+    qkv_w, proj_w = torch.randn(3 * C, C) * 0.2, torch.randn(C, C) * 0.2
+    bias = torch.zeros(1, heads, 16, 16)
+    drop_qk, drop_v = [1, 5], [0, 7]
+    zeroed = qkv_w.clone()
+    for h in range(heads):
+        for j in drop_qk:
+            zeroed[h * hd + j] = 0
+            zeroed[C + h * hd + j] = 0
+        for j in drop_v:
+            zeroed[2 * C + h * hd + j] = 0
+    want = shifted_window_attention(x, zeroed, proj_w, bias, [4, 4], heads, [2, 2], training=False)
+    keep_qk = [j for j in range(hd) if j not in drop_qk]
+    keep_v = [j for j in range(hd) if j not in drop_v]
+    rows = [h * hd + j for h in range(heads) for j in keep_qk]
+    rows += [C + r for r in rows] + [2 * C + h * hd + j for h in range(heads) for j in keep_v]
+    cols = [h * hd + j for h in range(heads) for j in keep_v]
+    got = window_attention(x, qkv_w[rows], proj_w[:, cols], bias, [4, 4], heads, [2, 2], training=False,
+                           qk_dim=len(keep_qk), v_dim=len(keep_v), scale=1 / math.sqrt(hd))
+    assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_macs_rules_match_the_unpruned_ops():
+    from fxcompress.flops import count_macs
+    from fxcompress.tracing import propagate_shapes, trace
+
+    class MHA(nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.a = m
+
+        def forward(self, x):
+            return self.a(x, x, x, need_weights=False)[0]
+
+    def macs(model, x):
+        gm = trace(model.eval())
+        propagate_shapes(gm, (x,))
+        return count_macs(gm).macs
+
+    x = torch.randn(2, 5, 16)
+    assert macs(MHA(nn.MultiheadAttention(16, 4, batch_first=True)), x) == \
+        macs(MHA(PrunedMultiheadAttention(16, 16, 4, 4, 4, 0.5, True)), x) > 0
+    # torchvision's Swin attention node, then the same node calling window_attention with the same dims
+    from torchvision.models.swin_transformer import ShiftedWindowAttention
+    x = torch.randn(1, 8, 8, 16)
+    gm = trace(ShiftedWindowAttention(16, [4, 4], [2, 2], 2).eval())
+    propagate_shapes(gm, (x,))
+    before = count_macs(gm).macs
+    node = next(n for n in gm.graph.nodes if n.target is shifted_window_attention)
+    node.target = window_attention
+    node.kwargs = {**node.kwargs, "qk_dim": 8, "v_dim": 8, "scale": 8 ** -0.5}
+    gm.recompile()
+    propagate_shapes(gm, (x,))
+    assert count_macs(gm).macs == before > 0
