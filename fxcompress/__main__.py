@@ -27,7 +27,12 @@ def build_parser() -> argparse.ArgumentParser:
 def default_recipe(out_dir: str):
     """The passes the main job runs; each later capability adds its pass here."""
     from . import passes
-    return [passes.CountFlops(), passes.ExportONNX(os.path.join(out_dir, "compressed.onnx"))]
+    return [
+        passes.CountFlops(),
+        passes.MagnitudePrune(target_macs=0.5, round_to=8),   # half the MACs, widths CPU kernels like
+        passes.FineTune(epochs=3, lr=0.02),                   # recover what pruning cost
+        passes.ExportONNX(os.path.join(out_dir, "compressed.onnx")),
+    ]
 
 
 def main(argv=None) -> int:
