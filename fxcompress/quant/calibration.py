@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import numpy as np
 
-SMOOTHING_EPS = 1e-4   # mass moved onto empty bins so KL stays finite (as in MXNet / onnxruntime)
+SMOOTHING_EPS = 1e-4   # counts moved onto empty bins so KL stays finite (as in MXNet / onnxruntime)
 
 
 def _smooth(dist: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """Row-wise: give each empty (valid) bin eps, take it evenly from the non-empty ones."""
+    """Row-wise on counts: give each empty (valid) bin eps, taken evenly from the non-empty ones
+    (non-empty bins hold >= 1 count, so they stay positive)."""
     zeros = (dist == 0) & valid
     nonzeros = (dist != 0) & valid
     n_zero = zeros.sum(axis=1, keepdims=True)
@@ -49,9 +50,9 @@ def kl_divergences(counts: np.ndarray, num_quantized_bins: int = 128, chunk: int
         group_sum = csum[stop] - csum[start]
         group_nonzero = cnz[stop] - cnz[start]
         q = np.where(valid & (hist[None, :] != 0), group_sum / np.maximum(group_nonzero, 1), 0.0)
+        p, q = _smooth(p, valid), _smooth(q, valid)
         p /= np.maximum(p.sum(axis=1, keepdims=True), 1e-300)
         q /= np.maximum(q.sum(axis=1, keepdims=True), 1e-300)
-        p, q = _smooth(p, valid), _smooth(q, valid)
         with np.errstate(divide="ignore", invalid="ignore"):
             terms = np.where(valid & (p > 0), p * np.log(p / q), 0.0)
         out[cand - nq] = terms.sum(axis=1)

@@ -43,10 +43,11 @@ class StreamingHistogram:
                 self.counts[0] += a.numel()
             return
         if self.range == 0.0:
-            self.range = amax
+            # strictly above the max: no value sits on the closing edge, so later merges stay exact
+            self.range = amax * (1.0 + 2.0 ** -20)
             self.counts[0] += self.pending_zeros
             self.pending_zeros = 0
-        elif amax > self.range:
+        elif amax >= self.range:
             self._grow(amax)
         norm = self.num_bins / self.range
         idx = (a * norm).floor_().clamp_(max=self.num_bins - 1).long()
@@ -54,7 +55,7 @@ class StreamingHistogram:
 
     def _grow(self, amax: float) -> None:
         factor = 2 ** max(1, math.ceil(math.log2(amax / self.range)))
-        while self.range * factor < amax:  # guard against log2 rounding
+        while self.range * factor <= amax:  # guard against log2 rounding; keep the range above the max
             factor *= 2
         self.range *= factor
         if factor >= self.num_bins:
