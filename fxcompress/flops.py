@@ -158,7 +158,8 @@ def count_params(module: nn.Module) -> int:
 
 
 def count_macs(gm: fx.GraphModule) -> FlopsResult:
-    """MACs of every node of a shape-annotated graph (see tracing.propagate_shapes)."""
+    """MACs of every node of a shape-annotated graph (see tracing.propagate_shapes), for the whole example
+    batch: example inputs of batch 1 give per-image MACs."""
     modules = dict(gm.named_modules())
     per_node = {}
     for node in gm.graph.nodes:

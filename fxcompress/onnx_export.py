@@ -59,11 +59,15 @@ def save_checked(proto: onnx.ModelProto, path: str, check: Optional[Callable[[st
         return check(tmp) if check else {}
 
 
-def ort_session(path: str, threads: int = 2, optimized_model_path: Optional[str] = None):
+def ort_session(path: str, threads: int = 2, optimized_model_path: Optional[str] = None, spinning: bool = False):
+    """A CPU session. Spinning is off by default: idle spinning threads of one session steal the cores of
+    another, which makes side-by-side timings of several sessions depend on their order (seen here: 1.9x)."""
     import onnxruntime as ort
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
+    if not spinning:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if optimized_model_path:
         opts.optimized_model_filepath = optimized_model_path
     return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])

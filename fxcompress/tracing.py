@@ -7,7 +7,8 @@ from typing import Iterable, Sequence
 
 import torch
 import torch.fx as fx
-from torch.fx.passes.shape_prop import ShapeProp
+from torch.fx.passes.shape_prop import _extract_tensor_metadata
+from torch.utils import _pytree as pytree
 
 from .errors import ShapeError, TraceError
 
@@ -31,7 +32,8 @@ def _failing_module(model: torch.nn.Module, tb) -> tuple[str, str]:
     names = {id(m): (n or "<root>") for n, m in model.named_modules()}
     culprit = ("<unknown module>", "<unknown line>")
     for frame, lineno in traceback.walk_tb(tb):
-        owner = frame.f_locals.get("self")
+        code = frame.f_code  # the module is the frame's first argument, whatever it is called
+        owner = frame.f_locals.get(code.co_varnames[0]) if code.co_argcount else None
         if owner is not None and id(owner) in names:
             culprit = (f"{names[id(owner)]} ({type(owner).__name__})", f"{frame.f_code.co_filename}:{lineno}")
     return culprit
@@ -56,20 +58,26 @@ def trace(model: torch.nn.Module, leaf_modules: Iterable = ()) -> fx.GraphModule
     return fx.GraphModule(tracer.root, graph, name)
 
 
-class _NamedShapeProp(ShapeProp):
+class _ShapeRecorder(fx.Interpreter):
+    """Runs the graph and records each node's tensor metadata; a failing node raises ShapeError naming it."""
+
     def run_node(self, n: fx.Node):
         try:
-            return super().run_node(n)
-        except ShapeError:
-            raise
+            result = super().run_node(n)
         except Exception as e:
             shapes = [tuple(v.shape) for v in (self.env.get(a) for a in n.all_input_nodes)
                       if isinstance(v, torch.Tensor)]
+            message = str(e).strip().splitlines()[0] if str(e).strip() else ""
             raise ShapeError(
                 f"node {n.name!r} ({n.op} {_target_name(n)}) failed on inputs of shapes {shapes}: "
-                f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}. "
-                f"Check that example_inputs have the shape the model expects."
+                f"{type(e).__name__}: {message}. Check that example_inputs have the shape the model expects."
             ) from e
+        meta = pytree.tree_map(lambda v: _extract_tensor_metadata(v) if isinstance(v, torch.Tensor) else None,
+                               result)
+        if meta is not None:
+            n.meta["tensor_meta"] = meta
+        n.meta["type"] = type(result)
+        return result
 
 
 def _target_name(n: fx.Node) -> str:
@@ -80,8 +88,10 @@ def _target_name(n: fx.Node) -> str:
 def propagate_shapes(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor]):
     """Run gm on example_inputs, record `tensor_meta` (shape, dtype) on each node, return the outputs."""
     with torch.no_grad():
-        prop = _NamedShapeProp(gm)
-        return prop.propagate(*example_inputs)
+        try:
+            return _ShapeRecorder(gm).run(*example_inputs)
+        except ShapeError as e:  # fx's interpreter appends the node dump to the message: keep ours short
+            raise ShapeError(str(e.args[0]).split("\n\nWhile executing")[0]) from e.__cause__
 
 
 def node_shape(n: fx.Node):

@@ -1,0 +1,58 @@
+import pytest
+import torch
+import torch.nn as nn
+
+import fxcompress
+from fxcompress.tracing import node_shape, propagate_shapes, trace
+
+
+class Branchy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        if y.mean() > 0:  # data-dependent: untraceable
+            return y
+        return -y
+
+
+class Wrapper(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 3, 1)
+        self.body = Branchy()
+
+    def forward(self, x):
+        return self.body(self.stem(x)) + 1
+
+
+def test_shapes_and_dtypes_recorded_on_every_node():
+    gm = trace(Wrapper().eval(), leaf_modules=["body"])
+    propagate_shapes(gm, (torch.randn(2, 3, 8, 8),))
+    for n in gm.graph.nodes:
+        if n.op != "output":
+            assert node_shape(n) == (2, 4, 8, 8) if n.name in ("body", "add") else node_shape(n) is not None
+            assert n.meta["tensor_meta"].dtype == torch.float32
+
+
+def test_untraceable_model_names_module_and_line_and_suggests_leaf():
+    with pytest.raises(fxcompress.TraceError) as info:
+        fxcompress.compile(Wrapper(), [], torch.randn(1, 3, 8, 8))
+    msg = str(info.value)
+    assert "body (Branchy)" in msg and "test_tracing.py:" in msg and "leaf_modules=['body']" in msg
+    assert info.value.__cause__ is not None  # the raw torch.fx error stays chained
+
+
+@pytest.mark.parametrize("leaf", ["body", Branchy])
+def test_leaf_module_fix_traces(leaf):
+    result = fxcompress.compile(Wrapper(), [], torch.randn(1, 3, 8, 8), leaf_modules=[leaf])
+    assert [n.target for n in result.model.graph.nodes if n.op == "call_module"] == ["stem", "body"]
+
+
+def test_wrong_input_shape_names_the_node():
+    with pytest.raises(fxcompress.ShapeError) as info:
+        fxcompress.compile(Wrapper(), [], torch.randn(1, 5, 8, 8), leaf_modules=["body"])
+    msg = str(info.value)
+    assert "'stem'" in msg and "(1, 5, 8, 8)" in msg and "While executing" not in msg

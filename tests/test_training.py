@@ -1,0 +1,103 @@
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fxcompress import DataError, PassError
+from fxcompress.data import digits
+from fxcompress.models import get_model
+from fxcompress.training import TrainConfig, TrainHook, evaluate, fit, lr_at
+
+
+def train(epochs=3, **kw):
+    torch.manual_seed(0)
+    model = get_model("small_cnn", width=8)
+    fit(model, digits("train"), TrainConfig(epochs=epochs, lr=0.05, progress=False, **kw))
+    return model
+
+
+def test_learns_digits():
+    model = train(epochs=4)
+    assert evaluate(model, digits("test"))["top1"] > 0.9
+
+
+def test_seeded_runs_are_identical():
+    a, b = train(), train()
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+class StopAfter(TrainHook):
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, model):
+        if epoch == self.epoch:
+            raise KeyboardInterrupt  # simulates a killed job after this epoch's checkpoint... before it
+
+
+def test_resume_reaches_the_same_weights(tmp_path):
+    full = train(checkpoint_dir=str(tmp_path / "full"))
+    torch.manual_seed(0)
+    model = get_model("small_cnn", width=8)
+    config = TrainConfig(epochs=3, lr=0.05, progress=False, checkpoint_dir=str(tmp_path / "cut"))
+    with pytest.raises(KeyboardInterrupt):
+        fit(model, digits("train"), config, hooks=[StopAfter(2)])  # dies in epoch 3: checkpoint of epoch 2
+    assert torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["epoch"] == 2
+    torch.manual_seed(123)  # a different process state must not matter
+    fresh = get_model("small_cnn", width=8)
+    config.resume = True
+    history = fit(fresh, digits("train"), config)
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert all(torch.equal(x, y) for x, y in zip(full.state_dict().values(), fresh.state_dict().values()))
+
+
+def test_schedules():
+    cfg = TrainConfig(epochs=10, lr=0.1, warmup_epochs=1)
+    assert lr_at(cfg, 0, 100) == pytest.approx(0.01) and lr_at(cfg, 9, 100) == pytest.approx(0.1)
+    assert lr_at(cfg, 99, 100) < 1e-3
+    assert lr_at(TrainConfig(epochs=1, lr=0.2, schedule="onecycle"), 29, 100) == pytest.approx(0.2)
+    with pytest.raises(PassError, match="schedule"):
+        TrainConfig(schedule="step")
+
+
+def test_bad_batches():
+    with pytest.raises(DataError, match="targets"):
+        fit(get_model("small_cnn"), [torch.randn(4, 1, 8, 8)], TrainConfig(progress=False))
+
+
+DDP_SCRIPT = """
+import sys, torch
+from fxcompress.data import digits
+from fxcompress.models import get_model
+from fxcompress.training import TrainConfig, fit
+torch.set_num_threads(1)
+torch.manual_seed(0)
+model = get_model("small_cnn", width=8)
+fit(model, digits("train"), TrainConfig(epochs=1, lr=0.05, progress=False, checkpoint_dir=sys.argv[1] + "/ckpt"))
+torch.save(model.state_dict(), f"{sys.argv[1]}/rank{torch.distributed.get_rank()}.pt")
+torch.distributed.destroy_process_group()
+"""
+
+
+def test_torchrun_ddp_gloo_two_ranks_stay_in_sync(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text(DDP_SCRIPT)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_port", str(_free_port()), str(script), str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    b = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    params = [k for k in a if "running" not in k and "num_batches" not in k]  # BN stats are per rank
+    assert all(torch.allclose(a[k], b[k]) for k in params)  # gradients were all-reduced
+    assert (tmp_path / "ckpt" / "last.pt").exists()   # rank 0 wrote the checkpoint
+    untrained = get_model("small_cnn", width=8)
+    assert not torch.allclose(a["classifier.3.weight"], untrained.state_dict()["classifier.3.weight"])
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
