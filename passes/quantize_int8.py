@@ -87,7 +87,9 @@ class QuantizeINT8(TransformPass):
         except ImportError as e:
             raise PassError(f"QuantizeINT8(qat_epochs={self.qat_epochs}) needs fxcompress.training: {e}") from e
         gm.train()
-        history = fit(gm, ctx.train_loader, TrainConfig(epochs=self.qat_epochs, lr=self.qat_lr, progress=self.progress))
+        # activation scales stay frozen from calibration; weight scales follow the weights (see WeightQuantizer)
+        config = TrainConfig(epochs=self.qat_epochs, lr=self.qat_lr, weight_decay=0.0, progress=self.progress)
+        history = fit(gm, ctx.train_loader, config, device=ctx.device, desc="QAT")
         gm.eval()
         return {"qat_epochs": self.qat_epochs, "qat_history": history}
 
