@@ -14,6 +14,7 @@ from fxcompress.quant.insert import insert_fake_quant, plan_quantization
 from fxcompress.quant.lower import fold_weight_quantizers, quantize_biases
 from fxcompress.quant.observers import CalibrationConfig
 from fxcompress.quant.verify_export import compare_int8, make_export_check
+from fxcompress.verify import TOLERANCES
 
 
 class QuantizeINT8(TransformPass):
@@ -26,7 +27,7 @@ class QuantizeINT8(TransformPass):
     def __init__(self, method: str = "kl", num_bins: int = 2048, num_quantized_bins: int = 128,
                  percentile: float = 99.99, per_channel: bool = True, symmetric_weights: bool = True,
                  calib_batches: Optional[int] = None, qat_epochs: int = 0, qat_lr: float = 1e-3,
-                 agreement_samples: int = 512, progress: bool = True):
+                 agreement_samples: int = 512, min_top1_agreement: Optional[float] = None, progress: bool = True):
         self.config = CalibrationConfig(method, num_bins, num_quantized_bins, percentile)  # validates
         if calib_batches is not None and calib_batches < 1:
             raise PassError(f"calib_batches must be >= 1 or None, got {calib_batches}")
@@ -38,6 +39,11 @@ class QuantizeINT8(TransformPass):
         self.qat_epochs = qat_epochs
         self.qat_lr = qat_lr
         self.agreement_samples = agreement_samples
+        # ORT's integer arithmetic rounds a few values differently from the float fake-quant graph; a trained
+        # model absorbs that, but random-weight models (benchmarks) amplify it through depth into near-tied
+        # logits: they may relax the check explicitly.
+        self.min_top1_agreement = TOLERANCES["int8_top1_agreement"] if min_top1_agreement is None \
+            else min_top1_agreement
         self.progress = progress
 
     def __repr__(self) -> str:
@@ -74,7 +80,8 @@ class QuantizeINT8(TransformPass):
         ctx.onnx_rewrites.extend([lambda proto: fold_weight_quantizers(proto, folded), quantize_biases])
         ctx.export_tolerance["compare"] = compare_int8
         loader = _limited(ctx.calib_loader, self.calib_batches)
-        ctx.export_checks.append(make_export_check(gm, loader, quantized_weights, layer_macs, flops.macs, folded))
+        ctx.export_checks.append(make_export_check(gm, loader, quantized_weights, layer_macs, flops.macs, folded,
+                                                   self.min_top1_agreement, self.agreement_samples))
         return {"method": self.config.method, "bn_folded": len(bn_folded), "quantized_layers": len(plan.weighted),
                 "activation_quantizers": len(quantizers), "int8_mac_fraction_planned":
                 sum(layer_macs.values()) / max(flops.macs, 1), "calib_seconds": calib_seconds, **calib, **qat,
