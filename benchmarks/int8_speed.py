@@ -5,7 +5,7 @@ data so activations are realistic), in one run:
   fp32          the FP32 ONNX model
   ort_minmax    onnxruntime quantize_static: QDQ, uint8 activations, int8 per-channel weights, MinMax
   ort_entropy   the same with Entropy calibration, 2048/128 bins (its calibrator, then quantize_static)
-  fx_kl         fxcompress FoldBatchNorm + QuantizeINT8(method="kl") + ExportONNX
+  fx_kl         fxcompress QuantizeINT8(method="kl") (which folds BatchNorm) + ExportONNX
   fx_minmax     fxcompress with method="minmax"
 Latency: medians over interleaved rounds (fxcompress.measure), 2 threads, batch 1 and 8.
 Calibration: every calibrator runs in its own subprocess on the same 64 images; peak RSS (VmHWM) and
@@ -127,7 +127,7 @@ def calibrate_fx(model: str, method: str, n: int, workdir: str, export: bool) ->
     import torch
     import fxcompress
     from fxcompress.pass_base import AnalysisPass
-    from fxcompress.passes import ExportONNX, FoldBatchNorm, QuantizeINT8
+    from fxcompress.passes import ExportONNX, QuantizeINT8
 
     net = build_model(model)
     data = torch.from_numpy(images(workdir, n, seed=1))
@@ -144,7 +144,9 @@ def calibrate_fx(model: str, method: str, n: int, workdir: str, export: bool) ->
     out = os.path.join(workdir, f"{model}_fx_{method}.onnx")
     # random weights amplify ORT-vs-float rounding differences into near-tied logits (see QuantizeINT8):
     # the agreement is reported, not enforced at 99% here
-    passes = [FoldBatchNorm(), QuantizeINT8(method=method, min_top1_agreement=0.5), Probe()] + ([ExportONNX(out)] if export else [])
+    # QuantizeINT8 folds BatchNorm itself (FoldBatchNorm's float32 exactness check at 1e-5 trips on
+    # float rounding alone in resnet50's depth: see the report)
+    passes = [QuantizeINT8(method=method, min_top1_agreement=0.5), Probe()] + ([ExportONNX(out)] if export else [])
     reset_peak_rss()
     base = rss_mb()
     start = time.perf_counter()
@@ -249,6 +251,8 @@ def main():
     for name in args.models.split(","):
         print(f"== {name}", flush=True)
         results["models"][name] = bench_model(name, args, workdir)
+        print("\n".join(summarize(name, results["models"][name], args)), flush=True)
+        save(results)   # after each model, so a later failure keeps the earlier figures
     print("\n| model | batch | FP32 ms | ORT MinMax ms | ORT Entropy ms | fx KL ms | fx MinMax ms | fx KL / ORT best | fx KL speed-up vs FP32 |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name, rows in results["models"].items():
@@ -273,10 +277,14 @@ def main():
                   f"Entropy's {ent['peak_rss_mb']:.0f} MB; time {kl['calib_seconds']:.1f} s vs {ent['calib_seconds']:.1f} s; "
                   f"{args.big_images} vs {args.images} images: peak {big['peak_rss_mb']:.0f} vs {kl['peak_rss_mb']:.0f} MB "
                   f"({big['peak_rss_mb'] / kl['peak_rss_mb'] - 1:+.1%})")
+    save(results)
+    print(f"\nwrote {RESULTS}")
+
+
+def save(results: dict) -> None:
     os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
     with open(RESULTS, "w") as f:
         json.dump(results, f, indent=1, default=float)
-    print(f"\nwrote {RESULTS}")
 
 
 if __name__ == "__main__":

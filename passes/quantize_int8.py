@@ -6,6 +6,8 @@ import copy
 import time
 from typing import Optional
 
+import torch.nn as nn
+
 from fxcompress.bn_fold import fold_batchnorms
 from fxcompress.errors import PassError
 from fxcompress.pass_base import TransformPass
@@ -102,7 +104,6 @@ class QuantizeINT8(TransformPass):
 
 
 def _is_weighted(m) -> bool:
-    import torch.nn as nn
     return isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))
 
 

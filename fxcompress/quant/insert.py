@@ -7,9 +7,8 @@ quantization after it; a pass-through op reuses its input's quantizer.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List
 
-import torch
 import torch.fx as fx
 import torch.nn as nn
 from torch.nn.utils import parametrize
@@ -53,10 +52,8 @@ def plan_quantization(gm: fx.GraphModule) -> QuantPlan:
         inputs = [n.args[0]] if rule.role == "weighted" else _tensor_args(n)
         if not inputs or not all(_is_float_tensor(a) for a in inputs) or not _is_float_tensor(n):
             continue
-        if rule.role == "requantize" and n.target in ("add", "add_", ) and len(_tensor_args(n)) < 2:
-            continue
-        if rule.role == "requantize" and len(inputs) < len([a for a in n.args if isinstance(a, fx.Node)]):
-            continue   # x + scalar-like node: stays float
+        if len(inputs) < rule.min_tensor_inputs:
+            continue   # e.g. x + 1.0: no integer kernel for it, stays float
         if rule.role == "weighted":
             plan.weighted.append(n)
         for a in inputs:

@@ -30,6 +30,7 @@ class QuantRule:
     integer_kernels: tuple = ()                   # weighted: onnxruntime ops that count as integer kernels
     upper_bound: Optional[Callable] = None        # activation: f(module or node) -> bound on the output or None
     float_output_ok: Optional[Callable] = None    # weighted: f(node) -> True if the output may stay float
+    min_tensor_inputs: int = 1                    # requantize: fewer float tensor operands -> left in float
 
 
 def _is_2d_input(node: fx.Node) -> bool:
@@ -45,6 +46,7 @@ WEIGHTED = QuantRule("weighted", weight_axis=0, integer_kernels=CONV_KERNELS)
 # classifier can keep float logits. Linear on N-D inputs lowers to MatMul, which needs a quantized output.
 LINEAR = QuantRule("weighted", weight_axis=0, integer_kernels=MATMUL_KERNELS, float_output_ok=_is_2d_input)
 REQUANTIZE = QuantRule("requantize")
+ADD = QuantRule("requantize", min_tensor_inputs=2)    # QLinearAdd needs both operands quantized
 PASSTHROUGH = QuantRule("passthrough")
 RELU = QuantRule("activation")
 
@@ -66,7 +68,7 @@ MODULE_RULES: Dict[type, QuantRule] = {
 }
 
 FUNCTION_RULES: Dict[object, QuantRule] = {
-    operator.add: REQUANTIZE, operator.iadd: REQUANTIZE, torch.add: REQUANTIZE,
+    operator.add: ADD, operator.iadd: ADD, torch.add: ADD,
     torch.cat: REQUANTIZE,
     F.adaptive_avg_pool2d: REQUANTIZE, F.avg_pool2d: REQUANTIZE,
     F.relu: RELU, torch.relu: RELU,
@@ -75,7 +77,7 @@ FUNCTION_RULES: Dict[object, QuantRule] = {
 }
 
 METHOD_RULES: Dict[str, QuantRule] = {
-    "add": REQUANTIZE, "add_": REQUANTIZE,
+    "add": ADD, "add_": ADD,
     "relu": RELU, "relu_": RELU,
     "flatten": PASSTHROUGH, "view": PASSTHROUGH, "reshape": PASSTHROUGH, "contiguous": PASSTHROUGH,
 }

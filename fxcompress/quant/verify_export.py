@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from typing import Callable, Dict, Iterable, Optional
 
-import numpy as np
 import torch
 
 from ..errors import VerificationError
