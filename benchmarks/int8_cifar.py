@@ -97,25 +97,21 @@ def prune_int8(model, calib, test, args, workdir: str, fp32_path: str) -> dict:
     import fxcompress
     from fxcompress.data import cifar10
     from fxcompress.measure import interleaved_latency, onnx_top1
-    from fxcompress.training import TrainConfig, evaluate, fit
-    mean, std = args.mean, args.std
-    pruned = fxcompress.compile(model, [MagnitudePrune(target_macs=0.5, round_to=8)], torch.randn(1, 3, 32, 32),
-                                progress=False)
-    rec = pruned.report.records[-1]
-    net = pruned.model
-    row = {"macs_before": rec.macs_before, "macs_after": rec.macs_after}
-    if args.finetune_epochs:
-        train = cifar10(split="train", batch_size=128, augment=True, mean=mean, std=std)
-        fit(net, train, TrainConfig(epochs=args.finetune_epochs, lr=0.02, progress=True), desc="fine-tune")
-    row["pruned_fp32_top1_torch"] = evaluate(net, test)["top1"]
+    from fxcompress.passes import ExportONNX, FineTune, QuantizeINT8
     path = os.path.join(workdir, "pruned_int8.onnx")
-    row.update(fx_quantize(net, path, calib, method="kl"))
-    row["top1"] = onnx_top1(path, test)
-    x = torch.randn(32, 3, 32, 32)
-    lat = interleaved_latency({"fp32": fp32_path, "pruned_int8": path}, x, runs=args.runs)
+    passes = [MagnitudePrune(target_macs=0.5, round_to=8)]
+    if args.finetune_epochs:
+        passes.append(FineTune(epochs=args.finetune_epochs, lr=0.02))
+    passes += [QuantizeINT8(method="kl"), ExportONNX(path)]
+    train = cifar10(split="train", batch_size=128, augment=True, mean=args.mean, std=args.std)
+    result = fxcompress.compile(model, passes, torch.randn(1, 3, 32, 32), train_loader=train, calib_loader=calib,
+                                progress=True)
+    prune = result.report.records[0]
+    row = {"macs_before": prune.macs_before, "macs_after": prune.macs_after, "finetune_epochs": args.finetune_epochs,
+           "top1": onnx_top1(path, test), "export": result.report.records[-1].metrics}
+    lat = interleaved_latency({"fp32": fp32_path, "pruned_int8": path}, torch.randn(32, 3, 32, 32), runs=args.runs)
     row["latency_ms_b32"] = lat
     row["speedup_vs_fp32_b32"] = lat["fp32"] / lat["pruned_int8"]
-    row["finetune_epochs"] = args.finetune_epochs
     return row
 
 

@@ -7,7 +7,7 @@ data so activations are realistic), in one run:
   ort_entropy   the same with Entropy calibration, 2048/128 bins (its calibrator, then quantize_static)
   fx_kl         fxcompress QuantizeINT8(method="kl") (which folds BatchNorm) + ExportONNX
   fx_minmax     fxcompress with method="minmax"
-Latency: medians over interleaved rounds (fxcompress.measure), 2 threads, batch 1 and 8.
+Latency: medians over interleaved rounds (fxcompress.measure) in rotated orders, 2 threads, batch 1 and 8.
 Calibration: every calibrator runs in its own subprocess on the same 64 images; peak RSS (VmHWM) and
 time are read there. fxcompress KL is also run on 512 images to show its memory does not grow.
 onnxruntime gets the same FP32 file (equal constants the exporter shares through Identity nodes are
@@ -186,9 +186,23 @@ def agreement(paths: dict, workdir: str, n: int = 32) -> dict:
     return out
 
 
+def rotated_latency(paths: dict, example, runs: int) -> dict:
+    """Median latency per variant over interleaved rounds, repeated with the variants' order rotated so
+    that no variant always follows the same neighbour (ORT thread pools spin briefly after a run)."""
+    from fxcompress.measure import interleaved_latency
+    names = list(paths)
+    per_rotation = max(runs // len(names), 2)
+    samples = {k: [] for k in names}
+    for r in range(len(names)):
+        order = names[r:] + names[:r]
+        result = interleaved_latency({k: paths[k] for k in order}, example, runs=per_rotation, warmup=2)
+        for k, v in result.items():
+            samples[k].append(v)
+    return {k: float(np.median(v)) for k, v in samples.items()}
+
+
 def bench_model(name: str, args, workdir: str) -> dict:
     import torch
-    from fxcompress.measure import interleaved_latency
     from fxcompress.onnx_export import to_onnx_proto
     from fxcompress.quant.lower import inline_constant_identities
     import onnx
@@ -207,9 +221,9 @@ def bench_model(name: str, args, workdir: str) -> dict:
         rows[k]["file_mb"] = os.path.getsize(paths[k]) / 2 ** 20
     agree = agreement(paths, workdir)
     latency = {}
-    for batch, runs in ((1, args.runs), (8, max(args.runs // 3, 5))):
-        print(f"  [{name}] latency batch {batch} ({runs} interleaved rounds) ...", flush=True)
-        latency[batch] = interleaved_latency(paths, torch.randn(batch, 3, 224, 224), runs=runs, warmup=3)
+    for batch, runs in ((1, args.runs), (8, max(args.runs // 2, 10))):
+        print(f"  [{name}] latency batch {batch} ({runs} interleaved rounds per variant) ...", flush=True)
+        latency[batch] = rotated_latency(paths, torch.randn(batch, 3, 224, 224), runs)
     for k in VARIANTS:
         rows[k]["latency_ms"] = {b: latency[b][k] for b in latency}
         rows[k].update(agree.get(k, {}))
@@ -233,7 +247,7 @@ def main():
     ap.add_argument("--images", type=int, default=64)
     ap.add_argument("--big-images", type=int, default=512)
     ap.add_argument("--streaming-models", default="resnet50", help="models also calibrated on --big-images")
-    ap.add_argument("--runs", type=int, default=30, help="interleaved rounds at batch 1 (batch 8: a third)")
+    ap.add_argument("--runs", type=int, default=50, help="timed runs per variant at batch 1 (batch 8: half)")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--calibrator", choices=["ort", "fx"], help=argparse.SUPPRESS)
     ap.add_argument("--method", help=argparse.SUPPRESS)

@@ -80,7 +80,13 @@ class ActivationObserver:
             # a non-negative tensor gets all 256 uint8 levels on [0, T]; a signed one 128 per sign (TensorRT)
             levels = cfg.num_quantized_bins * (2 if self.min >= 0 else 1)
             levels = min(levels, cfg.num_bins)
-            t = kl_threshold(h.counts, h.bin_width, levels)
+            # Zero is a quantization level, so the spike of exact zeros a ReLU leaves in bin 0 costs nothing
+            # to represent; left in, it dominates the divergence and drives the threshold far too low
+            # (ResNet-20 CIFAR: 85.2% instead of 87.5%). As NVIDIA's entropy calibrator does, bin 0 takes
+            # bin 1's count for the search.
+            counts = h.counts.copy()
+            counts[0] = counts[1]
+            t = kl_threshold(counts, h.bin_width, levels)
         else:
             t = percentile_threshold(h.counts, h.bin_width, cfg.percentile)
         return min(t, amax)

@@ -73,3 +73,12 @@ def test_weight_quantizer_per_channel_symmetric():
     assert (out - w).abs().amax(dim=(1, 2, 3)).le(wq.scale / 2 + 1e-7).all()
     levels = torch.round(out / wq.scale.view(-1, 1, 1, 1))
     assert levels.abs().max() <= 127
+
+
+def test_relu_zero_spike_does_not_collapse_kl_threshold():
+    # half the values are exact zeros (a ReLU); zero is a quantization level, so it must not drive the
+    # threshold down: the rest is uniform on [0, 4], which 256 levels represent without clipping
+    x = torch.cat([torch.zeros(200000), torch.rand(200000) * 4])
+    obs = _observer("kl", x)
+    scale, zp = obs.qparams()
+    assert zp == 0 and scale * 255 > 3.8
