@@ -3,8 +3,8 @@
 One observer keeps the exact min/max and a streaming histogram of |x| (see histogram.py), so the
 memory is the same for 64 or 50,000 calibration images. Methods:
 - "minmax": asymmetric [min(0, min), max(0, max)];
-- "kl" / "percentile": a clipping threshold T from the histogram; a non-negative tensor (ReLU
-  output) uses [0, T] with zero point 0, a signed one the symmetric [-T, T] with zero point 128.
+- "kl" / "percentile": a clipping threshold T on |x| from the histogram; the range is
+  [max(min, -T), min(max, T)] (with 0 inside), so a ReLU output gets [0, T] with zero point 0.
 Activations are uint8: with int8 weights this is onnxruntime's fast u8s8 kernel path.
 """
 from __future__ import annotations
@@ -99,11 +99,13 @@ class ActivationObserver:
         if self.config.method == "minmax":
             lo, hi = min(self.min, 0.0), max(self.max, 0.0)
         else:
+            # the threshold bounds |x|; neither side goes beyond what was observed, so a skewed signed
+            # tensor (a residual branch before the add) keeps its uint8 levels where its values are
             t = self.threshold()
-            lo, hi = (0.0, t) if self.min >= 0 else (-t, t)
+            lo, hi = max(min(self.min, 0.0), -t), min(max(self.max, 0.0), t)
         if upper_bound is not None and lo >= 0:
             hi = min(hi, upper_bound)
-        scale, zero_point = range_to_qparams(lo, hi, symmetric=self.config.method != "minmax" and lo < 0)
+        scale, zero_point = range_to_qparams(lo, hi)
         if upper_bound is not None and zero_point == 0:
             scale32 = np.float32(scale)
             while scale32 * np.float32(QMAX) > upper_bound:   # float32 rounding must not step past the bound

@@ -35,11 +35,21 @@ def test_non_negative_tensor_gets_zero_point_zero(method):
     assert zp == 0 and 0 < scale * 255 <= x.max().item() * (1 + 1e-6)
 
 
-def test_signed_kl_is_symmetric_and_clips_outliers():
+def test_signed_kl_clips_outliers_within_observed_range():
     x = torch.randn(200000)
     x[0] = 60.0          # one outlier must not set the range
+    obs = _observer("kl", x)
+    scale, zp = obs.qparams()
+    t = obs.threshold()
+    assert 2.5 < t < 10.0
+    lo, hi = -zp * scale, (255 - zp) * scale
+    assert hi == pytest.approx(t, rel=0.02) and lo >= x.min().item() - scale   # never beyond the observed min
+
+
+def test_skewed_signed_tensor_keeps_levels_where_values_are():
+    x = torch.cat([torch.rand(100000) * 8, -torch.rand(100000)])   # [-1, 8]
     scale, zp = _observer("kl", x).qparams()
-    assert zp == 128 and scale * 127.5 < 10.0
+    assert scale < 9.5 / 255 and 15 < zp < 60       # not the symmetric [-8, 8] grid (scale 16/255, zp 128)
 
 
 def test_bounded_activation_range_stays_inside_bound():
