@@ -249,6 +249,7 @@ def main():
     ap.add_argument("--streaming-models", default="resnet50", help="models also calibrated on --big-images")
     ap.add_argument("--runs", type=int, default=50, help="timed runs per variant at batch 1 (batch 8: half)")
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--out", default=RESULTS, help="JSON results file")
     ap.add_argument("--calibrator", choices=["ort", "fx"], help=argparse.SUPPRESS)
     ap.add_argument("--method", help=argparse.SUPPRESS)
     ap.add_argument("--no-export", action="store_true", help=argparse.SUPPRESS)
@@ -266,7 +267,7 @@ def main():
         print(f"== {name}", flush=True)
         results["models"][name] = bench_model(name, args, workdir)
         print("\n".join(summarize(name, results["models"][name], args)), flush=True)
-        save(results)   # after each model, so a later failure keeps the earlier figures
+        save(results, args.out)   # after each model, so a later failure keeps the earlier figures
     print("\n| model | batch | FP32 ms | ORT MinMax ms | ORT Entropy ms | fx KL ms | fx MinMax ms | fx KL / ORT best | fx KL speed-up vs FP32 |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name, rows in results["models"].items():
@@ -291,13 +292,13 @@ def main():
                   f"Entropy's {ent['peak_rss_mb']:.0f} MB; time {kl['calib_seconds']:.1f} s vs {ent['calib_seconds']:.1f} s; "
                   f"{args.big_images} vs {args.images} images: peak {big['peak_rss_mb']:.0f} vs {kl['peak_rss_mb']:.0f} MB "
                   f"({big['peak_rss_mb'] / kl['peak_rss_mb'] - 1:+.1%})")
-    save(results)
-    print(f"\nwrote {RESULTS}")
+    save(results, args.out)
+    print(f"\nwrote {args.out}")
 
 
-def save(results: dict) -> None:
-    os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
-    with open(RESULTS, "w") as f:
+def save(results: dict, path: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
         json.dump(results, f, indent=1, default=float)
 
 
