@@ -28,6 +28,9 @@ class PassContext:
     onnx_rewrites: List[Callable] = field(default_factory=list)
     # Transforms that make the model inexact (quantization) register how lowered models are compared.
     export_tolerance: Dict[str, Any] = field(default_factory=dict)
+    # Checks of the written file that transforms register for the lowering (e.g. "onnxruntime runs the
+    # quantized layers as integer kernels"): callable(path) -> metrics dict, raising VerificationError.
+    export_checks: List[Callable] = field(default_factory=list)
 
     def get(self, analysis) -> Any:
         """The cached result of an analysis pass (instance or class), running it if needed."""

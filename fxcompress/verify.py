@@ -13,6 +13,11 @@ from .errors import VerificationError
 TOLERANCES = {
     "exact_transform": 1e-5,   # channel removal, BN folding, identity insertions
     "onnx_fp32": 1e-4,         # ONNX Runtime against PyTorch, FP32
+    # INT8 ONNX against the fake-quant graph: ORT's integer arithmetic rounds a few values one step
+    # differently and deep random-weight nets amplify that (resnet50: 0.14); wrong scales, zero points or
+    # layouts give errors of order one. Trained models are held to top-1 agreement below.
+    "onnx_int8": 0.5,
+    "int8_top1_agreement": 0.99,  # INT8 ONNX vs fake-quant graph, top-1 on calibration data (a fraction)
 }
 
 

@@ -3,8 +3,11 @@ from .channel_groups import ChannelGroups
 from .export_onnx import ExportONNX
 from .fine_tune import FineTune
 from .flops import CountFlops
+from .fold_batchnorm import FoldBatchNorm
 from .magnitude_prune import MagnitudePrune
 from .prune_channels import PruneChannels
+from .quantize_int8 import QuantizeINT8
 from .shapes import ShapeAnalysis
 
-__all__ = ["ChannelGroups", "CountFlops", "ExportONNX", "FineTune", "MagnitudePrune", "PruneChannels", "ShapeAnalysis"]
+__all__ = ["ChannelGroups", "CountFlops", "ExportONNX", "FineTune", "FoldBatchNorm", "MagnitudePrune",
+           "PruneChannels", "QuantizeINT8", "ShapeAnalysis"]

@@ -52,5 +52,7 @@ class ExportONNX(LoweringPass):
                 else:
                     result = compare_outputs(got, expected, TOLERANCES["onnx_fp32"], f"ONNX Runtime vs PyTorch ({self.path})")
                 worst = {k: max(worst.get(k, 0.0), v) for k, v in result.items()}
+            for extra_check in ctx.export_checks:  # registered by transforms, e.g. INT8 kernel checks
+                worst.update(extra_check(tmp_path))
             return worst
         return check

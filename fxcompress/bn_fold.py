@@ -1,0 +1,109 @@
+"""Folding an eval-mode BatchNorm into the affine layer that feeds it (conv, linear).
+
+BN(y) = gamma * (y - mean) / sqrt(var + eps) + beta is a per-channel affine map, so with
+y = W x + b it folds into W' = W * s (s scaled along the output-channel axis) and
+b' = (b - mean) * s + beta, where s = gamma / sqrt(var + eps). Shared by FoldBatchNorm and any pass
+that merges BN (ResRep's merge step).
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch.fx as fx
+
+import torch
+import torch.nn as nn
+
+# Output-channel axis of each foldable producer's weight, one rule per module type.
+# ConvTranspose keeps outputs on axis 1 but only for groups == 1 (grouped layouts interleave).
+OUTPUT_AXIS: Dict[type, Callable[[nn.Module], Optional[int]]] = {
+    nn.Conv1d: lambda m: 0, nn.Conv2d: lambda m: 0, nn.Conv3d: lambda m: 0,
+    nn.Linear: lambda m: 0,
+    nn.ConvTranspose1d: lambda m: 1 if m.groups == 1 else None,
+    nn.ConvTranspose2d: lambda m: 1 if m.groups == 1 else None,
+    nn.ConvTranspose3d: lambda m: 1 if m.groups == 1 else None,
+}
+
+BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def output_axis(module: nn.Module) -> Optional[int]:
+    """The weight axis holding output channels, or None if `module` cannot absorb a BatchNorm."""
+    rule = next((OUTPUT_AXIS[t] for t in type(module).__mro__ if t in OUTPUT_AXIS), None)
+    return rule(module) if rule is not None else None
+
+
+def bn_scale_shift(bn: nn.modules.batchnorm._BatchNorm) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) such that bn(y) == y * scale + shift per channel, using running statistics."""
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError("BatchNorm without running statistics (track_running_stats=False) cannot be folded")
+    var, mean = bn.running_var.double(), bn.running_mean.double()
+    gamma = bn.weight.double() if bn.weight is not None else torch.ones_like(var)
+    beta = bn.bias.double() if bn.bias is not None else torch.zeros_like(mean)
+    scale = gamma / torch.sqrt(var + bn.eps)
+    return scale, beta - mean * scale
+
+
+def fold_bn_into(module: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> None:
+    """Fold `bn` into `module`'s weight and bias in place (creating the bias if absent).
+    Computed in float64 then cast back, so the folded layer matches layer+BN to float rounding."""
+    axis = output_axis(module)
+    if axis is None:
+        raise ValueError(f"{type(module).__name__} cannot absorb a BatchNorm")
+    weight = module.weight
+    channels = weight.shape[axis]
+    if bn.num_features != channels:
+        raise ValueError(f"BatchNorm has {bn.num_features} channels but {type(module).__name__} produces {channels}")
+    scale, shift = bn_scale_shift(bn)
+    shape = [1] * weight.dim()
+    shape[axis] = channels
+    with torch.no_grad():
+        new_w = (weight.double() * scale.view(shape)).to(weight.dtype)
+        bias = module.bias.double() if module.bias is not None else torch.zeros(channels, dtype=torch.float64,
+                                                                                 device=weight.device)
+        new_b = (bias * scale + shift).to(weight.dtype)
+        weight.copy_(new_w)
+        if module.bias is None:
+            module.bias = nn.Parameter(new_b)
+        else:
+            module.bias.copy_(new_b)
+
+
+def _unfoldable(bn_node: fx.Node, modules: dict) -> str:
+    producer = bn_node.args[0] if bn_node.args else None
+    if not isinstance(producer, fx.Node) or producer.op != "call_module":
+        return "input is not a module call"
+    m = modules[producer.target]
+    if output_axis(m) is None:
+        return f"input {producer.target} ({type(m).__name__}) cannot absorb a BatchNorm"
+    if len(producer.users) != 1:
+        return f"output of {producer.target} is also used elsewhere"
+    if modules[bn_node.target].running_mean is None:
+        return "no running statistics"
+    if sum(1 for n in producer.graph.nodes if n.op == "call_module" and n.target == producer.target) > 1:
+        return f"{producer.target} is called more than once"
+    return ""
+
+
+def fold_batchnorms(gm: fx.GraphModule) -> Tuple[List[str], List[str]]:
+    """Fold every foldable BatchNorm of `gm` into its producer and remove it from the graph.
+    Returns (folded BN names, 'name: reason' for those left in place). The caller recompiles."""
+    modules = dict(gm.named_modules())
+    folded, skipped = [], []
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module" or not isinstance(modules.get(node.target), BATCHNORMS):
+            continue
+        reason = _unfoldable(node, modules)
+        if reason:
+            skipped.append(f"{node.target}: {reason}")
+            continue
+        producer = node.args[0]
+        fold_bn_into(modules[producer.target], modules[node.target])
+        node.replace_all_uses_with(producer)
+        gm.graph.erase_node(node)
+        folded.append(node.target)
+    still_used = {n.target for n in gm.graph.nodes if n.op == "call_module"}
+    for name in folded:
+        if name not in still_used:
+            gm.delete_submodule(name)
+    return folded, skipped

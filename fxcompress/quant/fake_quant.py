@@ -1,0 +1,85 @@
+"""Fake-quantization modules: they compute in float what the INT8 model computes, and export to ONNX
+as QuantizeLinear/DequantizeLinear (torch.fake_quantize_* with the TorchScript exporter).
+Gradients pass straight through inside the clipping range (the straight-through estimator)."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .observers import QMAX, QMIN, ActivationObserver, CalibrationConfig
+
+WEIGHT_QMIN, WEIGHT_QMAX = -128, 127   # symmetric scales (max|w| / 127) never reach -128; ONNX export wants the full int8 range
+MIN_SCALE = 1e-12
+
+
+class ActivationQuantizer(nn.Module):
+    """Per-tensor uint8 fake quantization of an activation. Modes: "observe" (collect statistics,
+    pass x through) and "quantize". A second call site may reuse the parameters with observe=False
+    (ops such as max-pool that keep their input's quantization)."""
+
+    def __init__(self, config: CalibrationConfig, upper_bound=None, label: str = ""):
+        super().__init__()
+        self.register_buffer("scale", torch.tensor(1.0))
+        self.register_buffer("zero_point", torch.tensor(0, dtype=torch.int32))
+        self.mode = "observe"
+        self.upper_bound = upper_bound
+        self.label = label
+        self.observer = ActivationObserver(config)
+
+    def forward(self, x: torch.Tensor, observe: bool = True) -> torch.Tensor:
+        if self.mode == "observe":
+            if observe:
+                self.observer.update(x, self.label)
+            return x
+        return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point, QMIN, QMAX)
+
+    def freeze(self) -> None:
+        """Turn the observed statistics into (scale, zero point) and start quantizing."""
+        scale, zero_point = self.observer.qparams(self.upper_bound)
+        self.scale.fill_(max(scale, MIN_SCALE))
+        self.zero_point.fill_(zero_point)
+        self.mode = "quantize"
+
+    def extra_repr(self) -> str:
+        return f"{self.label}, mode={self.mode}, scale={self.scale.item():.4g}, zero_point={self.zero_point.item()}"
+
+
+class WeightQuantizer(nn.Module):
+    """A parametrization (torch.nn.utils.parametrize) fake-quantizing a weight to symmetric int8, per
+    output channel (`axis`) or per tensor. The scale follows the weight while training (QAT) and is
+    frozen in eval mode, so the exported graph holds constant scales."""
+
+    def __init__(self, weight: torch.Tensor, axis, symmetric: bool = True):
+        super().__init__()
+        self.axis = axis
+        self.symmetric = symmetric
+        shape = (weight.shape[axis],) if axis is not None else ()
+        self.register_buffer("scale", torch.ones(shape))
+        self.register_buffer("zero_point", torch.zeros(shape, dtype=torch.int32))
+        self.update(weight)
+
+    @torch.no_grad()
+    def update(self, weight: torch.Tensor) -> None:
+        w = weight.detach().float()
+        if self.axis is not None:
+            flat = w.transpose(0, self.axis).reshape(w.shape[self.axis], -1)
+            lo, hi = flat.amin(dim=1), flat.amax(dim=1)
+        else:
+            lo, hi = w.min(), w.max()
+        if self.symmetric:
+            scale = torch.maximum(lo.abs(), hi.abs()) / 127.0   # zero point 0, as the u8s8 kernels want
+            zero_point = torch.zeros_like(scale, dtype=torch.int32)
+        else:  # asymmetric int8 over [min(0, lo), max(0, hi)]
+            lo, hi = lo.clamp(max=0), hi.clamp(min=0)
+            scale = (hi - lo) / 255.0
+            zero_point = (-128 - torch.round(lo / scale.clamp(min=MIN_SCALE))).clamp(-128, 127).to(torch.int32)
+        self.scale.copy_(scale.clamp(min=MIN_SCALE))
+        self.zero_point.copy_(zero_point)
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.update(weight)
+        qmin, qmax = WEIGHT_QMIN, WEIGHT_QMAX
+        if self.axis is None:
+            return torch.fake_quantize_per_tensor_affine(weight, self.scale, self.zero_point, qmin, qmax)
+        return torch.fake_quantize_per_channel_affine(weight, self.scale, self.zero_point, self.axis, qmin, qmax)

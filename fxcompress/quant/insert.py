@@ -1,0 +1,126 @@
+"""Placing fake-quant nodes in an fx graph where the INT8 lowering really quantizes (see registry.py).
+
+The plan is tensor-centric, like a QDQ model: a tensor is quantized once, at its producer, when it
+is an input or output of a quantized op. A ReLU-like op right after a quantized op moves the output
+quantization after it; a pass-through op reuses its input's quantizer.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List
+
+import torch.fx as fx
+import torch.nn as nn
+from torch.nn.utils import parametrize
+
+from .fake_quant import ActivationQuantizer, WeightQuantizer
+from .observers import CalibrationConfig
+from .registry import activation_bound, rule_for
+
+
+def _is_float_tensor(node) -> bool:
+    if not isinstance(node, fx.Node):
+        return False
+    meta = node.meta.get("tensor_meta")
+    return meta is not None and hasattr(meta, "dtype") and meta.dtype.is_floating_point
+
+
+def _tensor_args(node: fx.Node) -> List[fx.Node]:
+    flat = []
+    for a in list(node.args) + list(node.kwargs.values()):
+        flat.extend(a if isinstance(a, (list, tuple)) else [a])
+    return [a for a in flat if _is_float_tensor(a)]
+
+
+@dataclass
+class QuantPlan:
+    weighted: List[fx.Node] = field(default_factory=list)        # conv/linear nodes to quantize
+    quantized: List[fx.Node] = field(default_factory=list)       # tensors with their own quantizer
+    shared: Dict[fx.Node, fx.Node] = field(default_factory=dict)  # pass-through tensor -> source tensor
+    bounds: Dict[fx.Node, float] = field(default_factory=dict)
+
+
+def plan_quantization(gm: fx.GraphModule) -> QuantPlan:
+    """Decide which tensors get quantized. Needs tensor_meta on nodes (ctx.refresh_shapes())."""
+    modules = dict(gm.named_modules())
+    rules = {n: rule_for(n, modules) for n in gm.graph.nodes}
+    need: Dict[fx.Node, None] = {}   # ordered set
+    plan = QuantPlan()
+    for n, rule in rules.items():
+        if rule is None or rule.role not in ("weighted", "requantize"):
+            continue
+        inputs = [n.args[0]] if rule.role == "weighted" else _tensor_args(n)
+        if not inputs or not all(_is_float_tensor(a) for a in inputs) or not _is_float_tensor(n):
+            continue
+        if len(inputs) < rule.min_tensor_inputs:
+            continue   # e.g. x + 1.0: no integer kernel for it, stays float
+        if rule.role == "weighted":
+            plan.weighted.append(n)
+        for a in inputs:
+            need[a] = None
+        only_output = all(u.op == "output" for u in n.users)
+        if not (only_output and rule.float_output_ok is not None and rule.float_output_ok(n)):
+            need[n] = None
+    # ReLU-like op as the only user of a quantized op: quantize after it (the lowering drops the ReLU)
+    for n in list(need):
+        rule = rules[n]
+        if rule is None or rule.role not in ("weighted", "requantize") or len(n.users) != 1:
+            continue
+        user = next(iter(n.users))
+        urule = rules[user]
+        if urule is not None and urule.role == "activation" and user.args and user.args[0] is n:
+            del need[n]
+            need[user] = None
+            bound = activation_bound(user, urule, modules)
+            if bound is not None:
+                plan.bounds[user] = bound
+    # pass-through ops reuse the quantizer of their (quantized) input
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    for n in sorted(need, key=order.get):
+        rule = rules[n]
+        if rule is not None and rule.role == "passthrough" and n.args and n.args[0] in need:
+            src = n.args[0]
+            plan.shared[n] = plan.shared.get(src, src)
+    plan.quantized = [n for n in sorted(need, key=order.get) if n not in plan.shared]
+    return plan
+
+
+def insert_fake_quant(gm: fx.GraphModule, plan: QuantPlan, config: CalibrationConfig, per_channel: bool = True,
+                      symmetric_weights: bool = True) -> Dict[str, ActivationQuantizer]:
+    """Rewrite gm in place: parametrize weights, insert activation quantizers. Returns them by name."""
+    modules = dict(gm.named_modules())
+    quantizers: Dict[str, ActivationQuantizer] = {}
+    targets: Dict[fx.Node, str] = {}
+    for n in plan.quantized + list(plan.shared):
+        if n in plan.shared:
+            target = targets[plan.shared[n]]
+            kwargs = {"observe": False}
+        else:
+            target = f"act_quant_{n.name}"
+            q = ActivationQuantizer(config, plan.bounds.get(n), label=n.name)
+            gm.add_submodule(target, q)
+            quantizers[target] = q
+            kwargs = {}
+        targets[n] = target
+        with gm.graph.inserting_after(n):
+            qnode = gm.graph.call_module(target, (n,), kwargs)
+        n.replace_all_uses_with(qnode, delete_user_cb=lambda u, q=qnode: u is not q)
+        qnode.meta["tensor_meta"] = n.meta.get("tensor_meta")
+    done = set()
+    for n in plan.weighted:
+        m = modules[n.target]
+        if n.target in done:
+            continue
+        done.add(n.target)
+        rule = rule_for(n, modules)
+        axis = rule.weight_axis if per_channel else None
+        parametrize.register_parametrization(m, "weight", WeightQuantizer(m.weight, axis, symmetric_weights))
+    gm.recompile()
+    return quantizers
+
+
+def weighted_modules(gm: fx.GraphModule) -> Dict[str, nn.Module]:
+    """Modules whose weight is fake-quantized (by name)."""
+    return {name: m for name, m in gm.named_modules()
+            if parametrize.is_parametrized(m, "weight")
+            and any(isinstance(p, WeightQuantizer) for p in m.parametrizations.weight)}

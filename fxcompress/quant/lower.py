@@ -1,0 +1,172 @@
+"""Lowering fake-quantized graphs to a genuinely INT8 ONNX model, and checking onnxruntime runs it so.
+
+torch.onnx (TorchScript exporter) writes each fake-quant op as QuantizeLinear -> DequantizeLinear.
+The rewrites here then make the file really INT8: a QuantizeLinear on a float weight initializer is
+replaced by the int8 initializer it would produce, and conv/gemm biases become int32 (scale =
+input scale x weight scale), the form onnxruntime's QDQ fusion turns into QLinearConv / QGemm.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Dict, Iterable, List
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from ..errors import VerificationError
+
+INTEGER_KERNELS = ("QLinearConv", "ConvInteger", "QGemm", "QLinearMatMul", "MatMulInteger", "MatMulIntegerToFloat",
+                   "DynamicQuantizeMatMul", "QAttention")
+FLOAT_KERNELS = ("Conv", "FusedConv", "Gemm", "MatMul", "FusedMatMul", "FusedGemm")
+
+
+def _quantize_like_torch(w: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, axis: int) -> np.ndarray:
+    """int values exactly as torch.fake_quantize_* computes them: nearbyint(w * (1 / scale)) + zp (float32)."""
+    dtype = zero_point.dtype
+    if scale.ndim == 1 and scale.size > 1:
+        shape = [1] * w.ndim
+        shape[axis] = scale.size
+        scale, zero_point = scale.reshape(shape), zero_point.reshape(shape)
+    inv = (np.float32(1.0) / scale.astype(np.float32)).astype(np.float32)
+    q = np.rint((w.astype(np.float32) * inv).astype(np.float32)) + zero_point.astype(np.float32)
+    info = np.iinfo(dtype)
+    return np.clip(q, info.min, info.max).astype(dtype)
+
+
+def inline_constant_identities(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The exporter shares equal constants through Identity nodes; point consumers at the initializer."""
+    graph = model.graph
+    inits = {i.name for i in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    alias = {n.output[0]: n.input[0] for n in graph.node
+             if n.op_type == "Identity" and n.input[0] in inits and n.output[0] not in outputs}
+    if not alias:
+        return model
+    keep = [n for n in graph.node if not (n.op_type == "Identity" and n.output[0] in alias)]
+    for n in keep:
+        for i, name in enumerate(n.input):
+            if name in alias:
+                n.input[i] = alias[name]
+    del graph.node[:]
+    graph.node.extend(keep)
+    return model
+
+
+def fold_weight_quantizers(model: onnx.ModelProto, folded: Dict[str, str] = None) -> onnx.ModelProto:
+    """Replace every QuantizeLinear of a constant (weight) by its int8 result as an initializer.
+    `folded`, if given, receives {int8 initializer name: float weight name}."""
+    model = inline_constant_identities(model)
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    keep, drop_inits = [], set()
+    for node in graph.node:
+        if node.op_type == "QuantizeLinear" and node.input[0] in inits and node.input[1] in inits \
+                and len(node.input) > 2 and node.input[2] in inits:
+            w = numpy_helper.to_array(inits[node.input[0]])
+            scale = numpy_helper.to_array(inits[node.input[1]])
+            zp = numpy_helper.to_array(inits[node.input[2]])
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+            q = _quantize_like_torch(w, scale, zp, axis if axis >= 0 else axis + w.ndim)
+            graph.initializer.append(numpy_helper.from_array(q, node.output[0]))
+            drop_inits.add(node.input[0])
+            if folded is not None:
+                folded[node.output[0]] = node.input[0]
+        else:
+            keep.append(node)
+    used = {i for n in keep for i in n.input}
+    del graph.node[:]
+    graph.node.extend(keep)
+    _drop_initializers(graph, {n for n in drop_inits if n not in used})
+    return model
+
+
+def _drop_initializers(graph, names: Iterable[str]) -> None:
+    names = set(names)
+    kept = [i for i in graph.initializer if i.name not in names]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+
+
+def quantize_biases(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Conv/Gemm with DQ'd input and weight and a float bias: store the bias as int32 with scale
+    input_scale * weight_scale behind a DequantizeLinear (what the integer kernels consume)."""
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    new_nodes, replaced = [], set()
+    for node in graph.node:
+        if node.op_type not in ("Conv", "Gemm") or len(node.input) < 3 or node.input[2] not in inits:
+            continue
+        if node.op_type == "Gemm" and any(a.name == "transA" and a.i for a in node.attribute):
+            continue
+        x_dq, w_dq = producer.get(node.input[0]), producer.get(node.input[1])
+        if not (x_dq is not None and w_dq is not None and x_dq.op_type == w_dq.op_type == "DequantizeLinear"):
+            continue
+        if x_dq.input[1] not in inits or w_dq.input[1] not in inits:
+            continue
+        x_scale = numpy_helper.to_array(inits[x_dq.input[1]]).astype(np.float32)
+        w_scale = numpy_helper.to_array(inits[w_dq.input[1]]).astype(np.float32)
+        w_zp = numpy_helper.to_array(inits[w_dq.input[2]]) if len(w_dq.input) > 2 and w_dq.input[2] in inits else 0
+        if x_scale.size != 1 or np.any(w_zp != 0):
+            continue
+        bias = numpy_helper.to_array(inits[node.input[2]]).astype(np.float32)
+        scale = (x_scale.reshape(()) * np.broadcast_to(w_scale.reshape(-1), bias.shape)).astype(np.float32)
+        q = np.clip(np.rint(bias / scale), -2 ** 31, 2 ** 31 - 1).astype(np.int32)
+        base = node.input[2]
+        tag = f"{base}_{node.name or len(new_nodes)}"   # a bias may be shared by several layers (equal constants)
+        names = [f"{tag}_int32", f"{tag}_int32_scale", f"{tag}_int32_zero_point", f"{tag}_dequantized"]
+        graph.initializer.extend([numpy_helper.from_array(q, names[0]), numpy_helper.from_array(scale, names[1]),
+                                  numpy_helper.from_array(np.zeros_like(q), names[2])])
+        new_nodes.append(helper.make_node("DequantizeLinear", names[:3], [names[3]], axis=0,
+                                          name=f"{tag}_DequantizeLinear"))
+        replaced.add(base)
+        node.input[2] = names[3]
+    if new_nodes:
+        nodes = new_nodes + list(graph.node)
+        del graph.node[:]
+        graph.node.extend(nodes)
+        used = {i for n in graph.node for i in n.input}
+        _drop_initializers(graph, {b for b in replaced if b not in used})
+    return model
+
+
+def optimized_graph(path: str, threads: int = 2) -> onnx.ModelProto:
+    """The graph onnxruntime's CPU provider actually runs (all graph optimizations applied)."""
+    from ..onnx_export import ort_session
+    fd, opt_path = tempfile.mkstemp(suffix=".opt.onnx")
+    os.close(fd)
+    try:
+        ort_session(path, threads=threads, optimized_model_path=opt_path)
+        return onnx.load(opt_path)
+    finally:
+        os.unlink(opt_path)
+
+
+def integer_kernel_check(optimized: onnx.ModelProto, quantized_weights: Dict[str, str]) -> Dict[str, str]:
+    """For each int8 weight initializer (name -> label), the op type of the kernel consuming it in the
+    optimized graph. Raises VerificationError naming the layers left to float kernels."""
+    consumers: Dict[str, List[str]] = {}
+    for node in optimized.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node.op_type)
+    kinds, missing = {}, []
+    for name, label in quantized_weights.items():
+        ops = consumers.get(name, [])
+        integer = [op for op in ops if op in INTEGER_KERNELS]
+        if integer:
+            kinds[label] = integer[0]
+        else:
+            missing.append(f"{label} ({', '.join(ops) or 'no consumer'})")
+    if missing:
+        raise VerificationError(f"onnxruntime did not turn {len(missing)} quantized layer(s) into integer kernels: "
+                                f"{'; '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
+    return kinds
+
+
+def count_ops(model: onnx.ModelProto) -> Dict[str, int]:
+    counts: Dict[str, int] = {}
+    for n in model.graph.node:
+        counts[n.op_type] = counts.get(n.op_type, 0) + 1
+    return counts

@@ -1,0 +1,119 @@
+"""QuantizeINT8: fake-quant INT8 (int8 per-channel weights, uint8 activations) calibrated on
+calib_loader, optionally fine-tuned (QAT), lowered by ExportONNX to a genuinely INT8 ONNX model."""
+from __future__ import annotations
+
+import copy
+import time
+from typing import Optional
+
+import torch.nn as nn
+
+from fxcompress.bn_fold import fold_batchnorms
+from fxcompress.errors import PassError
+from fxcompress.pass_base import TransformPass
+from fxcompress.quant.calibrate import calibrate
+from fxcompress.quant.insert import insert_fake_quant, plan_quantization
+from fxcompress.quant.lower import fold_weight_quantizers, quantize_biases
+from fxcompress.quant.observers import CalibrationConfig
+from fxcompress.quant.verify_export import compare_int8, make_export_check
+from fxcompress.verify import TOLERANCES
+
+
+class QuantizeINT8(TransformPass):
+    """Insert fake-quant nodes where onnxruntime's integer kernels will quantize, calibrate them with
+    streaming observers (method "kl" | "minmax" | "percentile"), optionally run `qat_epochs` of
+    quantization-aware training on train_loader, and register the ONNX rewrites and checks that make
+    ExportONNX write (and verify) an INT8 model. BatchNorms after convs are folded first."""
+    requires = ("calib_loader",)
+
+    def __init__(self, method: str = "kl", num_bins: int = 2048, num_quantized_bins: int = 128,
+                 percentile: float = 99.99, per_channel: bool = True, symmetric_weights: bool = True,
+                 calib_batches: Optional[int] = None, qat_epochs: int = 0, qat_lr: float = 1e-3,
+                 agreement_samples: int = 512, min_top1_agreement: Optional[float] = None, progress: bool = True):
+        self.config = CalibrationConfig(method, num_bins, num_quantized_bins, percentile)  # validates
+        if calib_batches is not None and calib_batches < 1:
+            raise PassError(f"calib_batches must be >= 1 or None, got {calib_batches}")
+        if qat_epochs < 0:
+            raise PassError(f"qat_epochs must be >= 0, got {qat_epochs}")
+        self.per_channel = per_channel
+        self.symmetric_weights = symmetric_weights
+        self.calib_batches = calib_batches
+        self.qat_epochs = qat_epochs
+        self.qat_lr = qat_lr
+        self.agreement_samples = agreement_samples
+        # ORT's integer arithmetic rounds a few values differently from the float fake-quant graph; a trained
+        # model absorbs that, but random-weight models (benchmarks) amplify it through depth into near-tied
+        # logits: they may relax the check explicitly.
+        self.min_top1_agreement = TOLERANCES["int8_top1_agreement"] if min_top1_agreement is None \
+            else min_top1_agreement
+        self.progress = progress
+
+    def __repr__(self) -> str:
+        return f"QuantizeINT8(method={self.config.method!r})"
+
+    def run(self, ctx) -> dict:
+        if self.qat_epochs and ctx.train_loader is None:
+            raise PassError("QuantizeINT8(qat_epochs>0) needs train_loader: pass train_loader=... to compile()")
+        gm = copy.deepcopy(ctx.gm)   # ctx.gm stays untouched if calibration fails
+        bn_folded, _ = fold_batchnorms(gm)
+        gm.recompile()
+        ctx_gm, ctx.gm = ctx.gm, gm
+        try:
+            ctx.invalidate()
+            ctx.refresh_shapes()
+            flops = ctx.flops()
+        finally:
+            ctx.gm = ctx_gm
+        plan = plan_quantization(gm)
+        if not plan.weighted:
+            raise PassError("QuantizeINT8 found no conv/linear layer to quantize in the model")
+        modules = dict(gm.named_modules())
+        quantizers = insert_fake_quant(gm, plan, self.config, self.per_channel, self.symmetric_weights)
+        start = time.perf_counter()
+        calib = calibrate(gm, ctx.calib_loader, quantizers, self.calib_batches, ctx.device, self.progress)
+        calib_seconds = time.perf_counter() - start
+        qat = self._qat(gm, ctx) if self.qat_epochs else {}
+        gm.eval()
+        ctx.gm = gm
+        layer_macs = {n.target: flops.per_node.get(n.name, 0) for n in plan.weighted}
+        # the int8 weight initializers are named after the exported parameter; map them to layers
+        quantized_weights = {f"{n.target}.parametrizations.weight.original": n.target for n in plan.weighted}
+        folded = {}
+        ctx.onnx_rewrites.extend([lambda proto: fold_weight_quantizers(proto, folded), quantize_biases])
+        ctx.export_tolerance["compare"] = compare_int8
+        loader = _limited(ctx.calib_loader, self.calib_batches)
+        ctx.export_checks.append(make_export_check(gm, loader, quantized_weights, layer_macs, flops.macs, folded,
+                                                   self.min_top1_agreement, self.agreement_samples))
+        return {"method": self.config.method, "bn_folded": len(bn_folded), "quantized_layers": len(plan.weighted),
+                "activation_quantizers": len(quantizers), "int8_mac_fraction_planned":
+                sum(layer_macs.values()) / max(flops.macs, 1), "calib_seconds": calib_seconds, **calib, **qat,
+                "unquantized_layers": [n for n, m in modules.items() if _is_weighted(m) and
+                                       n not in layer_macs]}
+
+    def _qat(self, gm, ctx) -> dict:
+        try:
+            from fxcompress.training import TrainConfig, fit
+        except ImportError as e:
+            raise PassError(f"QuantizeINT8(qat_epochs={self.qat_epochs}) needs fxcompress.training: {e}") from e
+        gm.train()
+        # activation scales stay frozen from calibration; weight scales follow the weights (see WeightQuantizer)
+        config = TrainConfig(epochs=self.qat_epochs, lr=self.qat_lr, weight_decay=0.0, progress=self.progress)
+        history = fit(gm, ctx.train_loader, config, device=ctx.device, desc="QAT")
+        gm.eval()
+        return {"qat_epochs": self.qat_epochs, "qat_history": history}
+
+
+def _is_weighted(m) -> bool:
+    return isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))
+
+
+class _limited:
+    """A re-iterable view of the first `n` batches of a loader (all if n is None)."""
+    def __init__(self, loader, n):
+        self.loader, self.n = loader, n
+
+    def __iter__(self):
+        for i, b in enumerate(self.loader):
+            if self.n is not None and i >= self.n:
+                return
+            yield b

@@ -1,0 +1,199 @@
+import os
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import fxcompress
+from fxcompress.errors import DataError, PassError, VerificationError
+from fxcompress.onnx_export import ort_session, run_ort, to_onnx_proto
+from fxcompress.passes import ExportONNX, FoldBatchNorm, QuantizeINT8
+from fxcompress.quant.lower import INTEGER_KERNELS, integer_kernel_check, optimized_graph
+
+
+class ResidualNet(nn.Module):
+    """Conv/BN/ReLU stem, max-pool, a residual block (functional relu, add), a ReLU6 block and a classifier:
+    every role of the quantization registry."""
+
+    def __init__(self, width=64, classes=10):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        self.pool = nn.MaxPool2d(2)
+        self.conv1, self.bn1 = nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width)
+        self.conv2, self.bn2 = nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width)
+        self.dw = nn.Sequential(nn.Conv2d(width, width, 3, padding=1, groups=width), nn.BatchNorm2d(width), nn.ReLU6())
+        self.expand = nn.Conv2d(width, 2 * width, 1)
+        self.avg = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(2 * width, classes)
+
+    def forward(self, x):
+        x = self.pool(self.stem(x))
+        y = F.relu(self.bn1(self.conv1(x)))
+        x = F.relu(self.bn2(self.conv2(y)) + x)
+        x = self.expand(self.dw(x))
+        return self.fc(torch.flatten(self.avg(x), 1))
+
+
+PATTERNS = torch.randn(10, 3, 16, 16, generator=torch.Generator().manual_seed(123))
+
+
+def _synthetic(n_batches=4, batch=16, seed=1):
+    """A separable 10-class task (a fixed pattern per class plus noise), so a briefly trained model is
+    confident and top-1 agreement measures the lowering rather than near-ties of a random model."""
+    g = torch.Generator().manual_seed(seed)
+    batches = []
+    for _ in range(n_batches):
+        y = torch.randint(0, 10, (batch,), generator=g)
+        batches.append((PATTERNS[y] + torch.randn(batch, 3, 16, 16, generator=g), y))
+    return batches
+
+
+def _trained_like(model, steps=40):
+    torch.manual_seed(0)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    for x, y in _synthetic(steps, 32, seed=99):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    return model.eval()
+
+
+def _calib(n_batches=4, batch=16, seed=1):
+    return _synthetic(n_batches, batch, seed)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return _trained_like(ResidualNet())
+
+
+@pytest.fixture(scope="module")
+def kl_export(model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("int8") / "model_int8.onnx"
+    result = fxcompress.compile(model, [FoldBatchNorm(), QuantizeINT8(method="kl"), ExportONNX(str(out))],
+                                torch.randn(2, 3, 16, 16), calib_loader=_calib(), progress=False)
+    return result, str(out)
+
+
+def test_int8_export_runs_integer_kernels_for_every_layer(kl_export):
+    result, path = kl_export
+    quant, export = result.report.records[1], result.report.records[2]
+    assert quant.metrics["quantized_layers"] == 6
+    # the export verified it in code: every quantized layer is an integer kernel in ORT's optimized graph
+    assert export.metrics["int8_layers"] == 6
+    assert export.metrics["int8_mac_fraction"] == 1.0
+    assert export.metrics["float_conv_matmul_left"] == 0
+    assert export.metrics["top1_agreement"] >= 0.99
+    # and independently here
+    ops = [n.op_type for n in optimized_graph(path).graph.node]
+    assert ops.count("QLinearConv") == 5 and "QGemm" in ops
+    assert not {"Conv", "FusedConv", "Gemm", "MatMul"} & set(ops)
+
+
+def test_int8_file_is_int8_and_small(kl_export, model, tmp_path):
+    _, path = kl_export
+    proto = onnx.load(path)
+    onnx.checker.check_model(proto)
+    int8_weights = [i for i in proto.graph.initializer if i.data_type == onnx.TensorProto.INT8 and len(i.dims) >= 2]
+    assert len(int8_weights) == 6
+    assert not [i for i in proto.graph.initializer if i.data_type == onnx.TensorProto.FLOAT and len(i.dims) >= 2]
+    fp32 = tmp_path / "fp32.onnx"
+    onnx.save(to_onnx_proto(model, (torch.randn(1, 3, 16, 16),)), str(fp32))
+    assert os.path.getsize(path) <= 0.30 * os.path.getsize(fp32)
+
+
+def test_fake_quant_graph_matches_lowered_onnx_on_fresh_data(kl_export):
+    result, path = kl_export
+    session = ort_session(path)
+    x = torch.cat([b[0] for b in _synthetic(4, 16, seed=7)])
+    with torch.no_grad():
+        expected = result.model(x)
+    got = torch.from_numpy(run_ort(session, (x,))[0])
+    assert (got.argmax(1) == expected.argmax(1)).float().mean() >= 0.97
+    assert (got - expected).abs().max() <= 0.05 * expected.abs().max()
+
+
+@pytest.mark.parametrize("kwargs", [dict(method="minmax"), dict(method="percentile", percentile=99.9),
+                                    dict(method="kl", per_channel=False)])
+def test_other_methods_export(model, tmp_path, kwargs):
+    out = tmp_path / "m.onnx"
+    result = fxcompress.compile(model, [QuantizeINT8(**kwargs), ExportONNX(str(out))], torch.randn(1, 3, 16, 16),
+                                calib_loader=_calib(2), progress=False)
+    metrics = result.report.records[-1].metrics
+    assert result.report.records[0].metrics["bn_folded"] == 4      # folded even without FoldBatchNorm
+    assert metrics["int8_mac_fraction"] == 1.0 and metrics["top1_agreement"] >= 0.99
+
+
+class Slim(ResidualNet):
+    """ResidualNet with channels removed by hand, as a pruner leaves it (odd widths)."""
+
+    def __init__(self):
+        super().__init__(width=64)
+        self.stem[0], self.stem[1] = nn.Conv2d(3, 37, 3, padding=1, bias=False), nn.BatchNorm2d(37)
+        self.conv1, self.bn1 = nn.Conv2d(37, 13, 3, padding=1, bias=False), nn.BatchNorm2d(13)
+        self.conv2, self.bn2 = nn.Conv2d(13, 37, 3, padding=1, bias=False), nn.BatchNorm2d(37)
+        self.dw = nn.Sequential(nn.Conv2d(37, 37, 3, padding=1, groups=37), nn.BatchNorm2d(37), nn.ReLU6())
+        self.expand = nn.Conv2d(37, 50, 1)
+        self.fc = nn.Linear(50, 10)
+
+
+def test_pruned_model_quantizes_and_exports(tmp_path):
+    out = tmp_path / "slim.onnx"
+    result = fxcompress.compile(_trained_like(Slim()), [FoldBatchNorm(), QuantizeINT8(), ExportONNX(str(out))],
+                                torch.randn(1, 3, 16, 16), calib_loader=_calib(2), progress=False)
+    metrics = result.report.records[-1].metrics
+    assert metrics["int8_layers"] == 6 and metrics["int8_mac_fraction"] == 1.0 and out.exists()
+
+
+def test_empty_calibration_loader(model, tmp_path):
+    out = tmp_path / "never.onnx"
+    with pytest.raises(DataError, match="calib_loader yielded no batches"):
+        fxcompress.compile(model, [QuantizeINT8(), ExportONNX(str(out))], torch.randn(1, 3, 16, 16),
+                           calib_loader=[], progress=False)
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_non_finite_calibration_batch(model, tmp_path):
+    out = tmp_path / "never.onnx"
+    bad = _calib(3)
+    bad[2][0][0, 0, 0, 0] = float("inf")
+    with pytest.raises(DataError, match="batch 2 contains NaN or Inf"):
+        fxcompress.compile(model, [QuantizeINT8(), ExportONNX(str(out))], torch.randn(1, 3, 16, 16),
+                           calib_loader=bad, progress=False)
+    assert not list(tmp_path.iterdir())
+
+
+def test_bad_options_fail_at_construction():
+    with pytest.raises(PassError, match="unknown calibration method 'max'"):
+        QuantizeINT8(method="max")
+    with pytest.raises(PassError, match="calib_batches"):
+        QuantizeINT8(calib_batches=0)
+
+
+def test_missing_calib_loader(model):
+    with pytest.raises(PassError, match="calib_loader"):
+        fxcompress.compile(model, [QuantizeINT8()], torch.randn(1, 3, 16, 16), progress=False)
+
+
+def test_integer_kernel_check_names_float_layers():
+    from onnx import helper
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w_q"], ["y"]),
+                               helper.make_node("QLinearConv", ["a"] * 3 + ["w2_q"] + ["b"] * 4, ["z"])],
+                              "g", [], [])
+    with pytest.raises(VerificationError, match="layer1 \\(Conv\\)"):
+        integer_kernel_check(helper.make_model(graph), {"w_q": "layer1", "w2_q": "layer2"})
+    assert integer_kernel_check(helper.make_model(graph), {"w2_q": "layer2"}) == {"layer2": "QLinearConv"}
+    assert "QLinearConv" in INTEGER_KERNELS
+
+
+def test_qat_fine_tunes_through_training_loop(model, tmp_path):
+    pytest.importorskip("fxcompress.training", reason="fxcompress.training has not landed on this branch")
+    out = tmp_path / "qat.onnx"
+    result = fxcompress.compile(model, [QuantizeINT8(qat_epochs=1), ExportONNX(str(out))], torch.randn(1, 3, 16, 16),
+                                calib_loader=_calib(2), train_loader=_calib(2, seed=5), progress=False)
+    assert result.report.records[0].metrics["qat_epochs"] == 1
+    assert result.report.records[-1].metrics["int8_mac_fraction"] == 1.0
