@@ -1,6 +1,7 @@
 """The pass manager: runs passes in order, enforces requirements, invalidates analyses, checks transforms."""
 from __future__ import annotations
 
+import copy
 import os
 import time
 from typing import Sequence
@@ -11,7 +12,7 @@ from .context import PassContext
 from .errors import PassError, VerificationError
 from .pass_base import RESOURCES, AnalysisPass, LoweringPass, Pass, TransformPass
 from .report import PassRecord, Report
-from .verify import TOLERANCES, OutputSpec, check_finite, compare_outputs
+from .verify import OutputSpec, check_finite, compare_exact
 
 
 class PassManager:
@@ -49,9 +50,9 @@ class PassManager:
                 result = ctx.get(p)
                 metrics = p.summarize(result) or {}
             elif isinstance(p, TransformPass):
-                reference = ctx.refresh_shapes() if p.verify_exact else None
+                snapshot = copy.deepcopy(ctx.gm) if p.verify_exact else None
                 metrics = p.run(ctx) or {}
-                metrics.update(self._check_transform(p, ctx, spec, reference))
+                metrics.update(self._check_transform(p, ctx, spec, snapshot))
             elif isinstance(p, LoweringPass):
                 metrics = p.run(ctx) or {}
             else:
@@ -62,7 +63,7 @@ class PassManager:
             report.add(PassRecord(p.name, p.kind, seconds, before.params, after.params, before.macs, after.macs,
                                   os.path.getsize(path) if path and os.path.exists(path) else None, metrics))
 
-    def _check_transform(self, p: TransformPass, ctx: PassContext, spec: OutputSpec, reference) -> dict:
+    def _check_transform(self, p: TransformPass, ctx: PassContext, spec: OutputSpec, before) -> dict:
         ctx.gm.graph.lint()
         ctx.gm.recompile()
         ctx.invalidate(keep=[k for k in ctx.analyses if k in p.preserves])
@@ -74,6 +75,6 @@ class PassManager:
         if got != spec:
             raise VerificationError(f"after {p.name}, outputs changed from [{spec.describe()}] to [{got.describe()}]")
         check_finite(out, f"after {p.name}")
-        if reference is not None:
-            return compare_outputs(out, reference, TOLERANCES["exact_transform"], f"{p.name} exactness")
+        if before is not None:
+            return compare_exact(before, ctx.gm, ctx.example_inputs, f"{p.name} exactness")
         return {}

@@ -111,3 +111,29 @@ def test_exact_transform_must_not_change_outputs():
 def test_bad_example_inputs():
     with pytest.raises(fxcompress.ShapeError, match="example_inputs"):
         fxcompress.compile(small(), [], "not a tensor")
+
+
+class AddAndSubtractLarge(TransformPass):
+    """Mathematically the identity, but float32 cancellation loses ~1e-4: the float64 re-check must accept it."""
+    verify_exact = True
+
+    def run(self, ctx):
+        out = next(n for n in ctx.gm.graph.nodes if n.op == "output")
+        value = out.args[0]
+        with ctx.gm.graph.inserting_before(out):
+            shifted = ctx.gm.graph.call_function(torch.sub, (ctx.gm.graph.call_function(torch.add, (value, 3e3)), 3e3))
+        out.args = (shifted,)
+
+
+class AddAndSubtractLargeWrongly(AddAndSubtractLarge):
+    def run(self, ctx):
+        super().run(ctx)
+        node = next(n for n in ctx.gm.graph.nodes if n.target is torch.sub)
+        node.args = (node.args[0], 3e3 - 1e-3)
+
+
+def test_exactness_falls_back_to_float64_for_rounding_only():
+    result = fxcompress.compile(small(), [AddAndSubtractLarge()], X)
+    assert result.report.records[0].metrics["exact_check"] == "float64"
+    with pytest.raises(VerificationError, match="float64"):
+        fxcompress.compile(small(), [AddAndSubtractLargeWrongly()], X)
