@@ -22,9 +22,10 @@ import torch.nn.functional as F
 
 from .attention import PrunedMultiheadAttention, window_attention
 from .channel_graph import PRODUCER, ChannelGroupsResult, Dim, tensor_metas
+from .op_registry import OpRegistry
 from .errors import PassError, VerificationError
 from .tracing import propagate_shapes
-from .verify import TOLERANCES, compare_outputs
+from .verify import TOLERANCES, compare_outputs, run_eval
 
 Plan = Mapping[int, Sequence[int]]
 
@@ -93,24 +94,11 @@ class PruneState:
 
 # ============================================================================================ module resize rules
 Resize = Callable[[nn.Module, fx.Node, PruneState], Optional[nn.Module]]
-MODULE_RESIZERS: Dict[type, Resize] = {}
-NODE_REWRITERS: Dict[object, Callable[[fx.Node, PruneState], None]] = {}
-
-
-def resizer(*types):
-    def deco(fn):
-        for t in types:
-            MODULE_RESIZERS[t] = fn
-        return fn
-    return deco
-
-
-def rewriter(*targets):
-    def deco(fn):
-        for t in targets:
-            NODE_REWRITERS[t] = fn
-        return fn
-    return deco
+RESIZERS = OpRegistry("module resizing")
+REWRITERS = OpRegistry("graph constant rewriting")
+MODULE_RESIZERS: Dict[type, Resize] = RESIZERS.modules
+NODE_REWRITERS: Dict[object, Callable[[fx.Node, PruneState], None]] = REWRITERS.functions
+resizer, rewriter = RESIZERS.module, REWRITERS.function
 
 
 @resizer(nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -436,16 +424,6 @@ def prune(gm: fx.GraphModule, result: ChannelGroupsResult, plan: Mapping, exampl
     return new, metrics
 
 
-def _run_eval(gm, inputs):
-    was_training = gm.training
-    gm.eval()
-    try:
-        with torch.no_grad():
-            return gm(*inputs)
-    finally:
-        gm.train(was_training)
-
-
 def verify_exactness(gm, new, result, plan, example_inputs) -> dict:
     """Pruned output vs the unpruned output with the removed channels zeroed. Float32 rounding differs
     between a narrower and a zeroed-out wider sum; when it alone exceeds the tolerance (deep random-weight
@@ -454,7 +432,7 @@ def verify_exactness(gm, new, result, plan, example_inputs) -> dict:
     tol = TOLERANCES["exact_transform"]
     try:
         reference = zeroed_outputs(gm, result, plan, example_inputs)
-        return {**compare_outputs(_run_eval(new, example_inputs), reference, tol, what), "exact_check": "float32"}
+        return {**compare_outputs(run_eval(new, example_inputs), reference, tol, what), "exact_check": "float32"}
     except VerificationError:
         floats = [t for t in list(gm.parameters()) + list(gm.buffers()) if t.is_floating_point()]
         if not floats or any(t.dtype != torch.float32 for t in floats):
@@ -465,7 +443,7 @@ def verify_exactness(gm, new, result, plan, example_inputs) -> dict:
         gm.double()
         new.double()
         reference = zeroed_outputs(gm, result, plan, inputs64)
-        out = _run_eval(new, inputs64)
+        out = run_eval(new, inputs64)
     finally:
         gm.float()
         new.float()

@@ -19,39 +19,18 @@ import torch.nn.functional as F
 
 from .attention import PrunedMultiheadAttention, window_attention
 from .channel_graph import CONSUMER, PRODUCER, ChannelGraphBuilder, tensor_metas
+from .op_registry import OpRegistry
 
 Rule = Callable[["RuleCtx"], None]
-MODULE_RULES: Dict[type, Rule] = {}
-FUNCTION_RULES: Dict[object, Rule] = {}
-METHOD_RULES: Dict[str, Rule] = {}
+COUPLING = OpRegistry("channel coupling")
+MODULE_RULES: Dict[type, Rule] = COUPLING.modules
+FUNCTION_RULES: Dict[object, Rule] = COUPLING.functions
+METHOD_RULES: Dict[str, Rule] = COUPLING.methods
+module_rule, function_rule, method_rule = COUPLING.module, COUPLING.function, COUPLING.method
 # ops that read only a tensor's metadata (shape, rank): they constrain no channel
 PASSIVE_FUNCTIONS = {builtins.getattr, torch._assert, operator.eq, operator.ne, operator.floordiv, operator.mul,
                      operator.add, operator.sub, operator.getitem, builtins.len}
 PASSIVE_METHODS = {"size", "dim", "numel"}
-
-
-def module_rule(*types):
-    def deco(fn):
-        for t in types:
-            MODULE_RULES[t] = fn
-        return fn
-    return deco
-
-
-def function_rule(*targets):
-    def deco(fn):
-        for t in targets:
-            FUNCTION_RULES[t] = fn
-        return fn
-    return deco
-
-
-def method_rule(*names):
-    def deco(fn):
-        for n in names:
-            METHOD_RULES[n] = fn
-        return fn
-    return deco
 
 
 def op_name(node: fx.Node, module: Optional[nn.Module] = None) -> str:
@@ -236,13 +215,7 @@ def _flatten_output_keys(r: RuleCtx, value) -> None:
 
 
 def _lookup(node: fx.Node, module) -> Optional[Rule]:
-    if node.op == "call_module":
-        return next((MODULE_RULES[t] for t in type(module).__mro__ if t in MODULE_RULES), None)
-    if node.op == "call_function":
-        return FUNCTION_RULES.get(node.target)
-    if node.op == "call_method":
-        return METHOD_RULES.get(node.target)
-    return None
+    return COUPLING.lookup(node, module)
 
 
 def _passive(node: fx.Node) -> bool:

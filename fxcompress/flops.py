@@ -16,27 +16,14 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .op_registry import OpRegistry
 from .tracing import node_shape
 
 MacRule = Callable[[fx.Node, object], int]
-MODULE_RULES: Dict[type, MacRule] = {}
-FUNCTION_RULES: Dict[object, MacRule] = {}
-
-
-def module_rule(*types):
-    def deco(fn):
-        for t in types:
-            MODULE_RULES[t] = fn
-        return fn
-    return deco
-
-
-def function_rule(*targets):
-    def deco(fn):
-        for t in targets:
-            FUNCTION_RULES[t] = fn
-        return fn
-    return deco
+MACS = OpRegistry("MACs")
+MODULE_RULES: Dict[type, MacRule] = MACS.modules
+FUNCTION_RULES: Dict[object, MacRule] = MACS.functions
+module_rule, function_rule = MACS.module, MACS.function
 
 
 def _numel(shape) -> int:
@@ -163,13 +150,9 @@ def count_macs(gm: fx.GraphModule) -> FlopsResult:
     modules = dict(gm.named_modules())
     per_node = {}
     for node in gm.graph.nodes:
-        rule, owner = None, None
-        if node.op == "call_module":
-            owner = modules[node.target]
-            rule = next((MODULE_RULES[t] for t in type(owner).__mro__ if t in MODULE_RULES), None)
-        elif node.op == "call_function":
-            rule = FUNCTION_RULES.get(node.target)
-        elif node.op == "call_method" and node.target in ("matmul", "bmm"):
+        owner = modules[node.target] if node.op == "call_module" else None
+        rule = MACS.lookup(node, owner)
+        if rule is None and node.op == "call_method" and node.target in ("matmul", "bmm"):
             rule = _matmul
         if rule is not None:
             per_node[node.name] = int(rule(node, owner))

@@ -74,7 +74,8 @@ def check_finite(out: Any, what: str) -> None:
             raise VerificationError(f"{what}: output {i} contains NaN or Inf")
 
 
-def _run_eval(module, inputs):
+def run_eval(module, inputs):
+    """Outputs of `module` in eval mode without gradients; its training flag is restored."""
     was_training = module.training
     module.eval()
     try:
@@ -91,7 +92,7 @@ def compare_exact(before, after, example_inputs, what: str) -> dict:
     The float64 round trip is done in place: float32 -> float64 -> float32 is exact."""
     tol = TOLERANCES["exact_transform"]
     try:
-        return {**compare_outputs(_run_eval(after, example_inputs), _run_eval(before, example_inputs), tol, what),
+        return {**compare_outputs(run_eval(after, example_inputs), run_eval(before, example_inputs), tol, what),
                 "exact_check": "float32"}
     except VerificationError:
         tensors = [t for m in (before, after) for t in list(m.parameters()) + list(m.buffers()) if t.is_floating_point()]
@@ -100,7 +101,7 @@ def compare_exact(before, after, example_inputs, what: str) -> dict:
     inputs64 = tuple(t.double() if t.is_floating_point() else t for t in example_inputs)
     try:
         before.double(), after.double()
-        result = compare_outputs(_run_eval(after, inputs64), _run_eval(before, inputs64), tol, what + " (float64)")
+        result = compare_outputs(run_eval(after, inputs64), run_eval(before, inputs64), tol, what + " (float64)")
     finally:
         before.float(), after.float()
     return {**result, "exact_check": "float64"}
