@@ -149,6 +149,20 @@ def test_pruned_model_quantizes_and_exports(tmp_path):
     assert metrics["int8_layers"] == 6 and metrics["int8_mac_fraction"] == 1.0 and out.exists()
 
 
+def test_magnitude_pruned_model_quantizes_and_exports(tmp_path):
+    """The real pipeline: physical channel removal, then BN folding and INT8 lowering of the slimmer graph."""
+    from fxcompress.passes import MagnitudePrune
+    out = tmp_path / "pruned_int8.onnx"
+    model = _trained_like(ResidualNet(width=32))
+    result = fxcompress.compile(model, [MagnitudePrune(ratio=0.5, round_to=8), FoldBatchNorm(), QuantizeINT8(),
+                                        ExportONNX(str(out))], torch.randn(1, 3, 16, 16), calib_loader=_calib(2),
+                                progress=False)
+    prune, export = result.report.records[0], result.report.records[-1]
+    assert prune.macs_after < 0.6 * prune.macs_before
+    assert export.metrics["int8_mac_fraction"] == 1.0 and export.metrics["float_conv_matmul_left"] == 0
+    assert export.metrics["top1_agreement"] >= 0.99
+
+
 def test_empty_calibration_loader(model, tmp_path):
     out = tmp_path / "never.onnx"
     with pytest.raises(DataError, match="calib_loader yielded no batches"):
