@@ -227,6 +227,7 @@ def bench_model(name: str, args, workdir: str) -> dict:
     for k in VARIANTS:
         rows[k]["latency_ms"] = {b: latency[b][k] for b in latency}
         rows[k].update(agree.get(k, {}))
+        rows[k]["file"] = os.path.basename(rows[k].pop("path"))  # results name no machine paths
     return rows
 
 
@@ -297,9 +298,9 @@ def main():
 
 
 def save(results: dict, path: str) -> None:
+    from fxcompress.io import atomic_write_text
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(results, f, indent=1, default=float)
+    atomic_write_text(path, json.dumps(results, indent=1, default=float))
 
 
 if __name__ == "__main__":

@@ -205,7 +205,6 @@ def test_integer_kernel_check_names_float_layers():
 
 
 def test_qat_fine_tunes_through_training_loop(model, tmp_path):
-    pytest.importorskip("fxcompress.training", reason="fxcompress.training has not landed on this branch")
     out = tmp_path / "qat.onnx"
     result = fxcompress.compile(model, [QuantizeINT8(qat_epochs=1), ExportONNX(str(out))], torch.randn(1, 3, 16, 16),
                                 calib_loader=_calib(2), train_loader=_calib(2, seed=5), progress=False)
