@@ -334,20 +334,19 @@ def conv_transpose_module(r: RuleCtx) -> None:
     _conv_channels(r, r.arg(0, "input"), r.out(), r.param("weight"), r.param("bias"), r.module.groups, True)
 
 
-@function_rule(F.conv1d, F.conv2d, F.conv3d)
-def conv_function(r: RuleCtx) -> None:
-    groups = r.raw(6, "groups", 1)
-    if isinstance(groups, fx.Node):
-        raise ValueError("dynamic groups")
-    _conv_channels(r, r.arg(0, "input"), r.out(), r.arg(1, "weight"), r.arg(2, "bias"), groups, False)
+def _functional_conv(transposed: bool) -> Rule:
+    """F.conv*/F.conv_transpose* with the weight (and bias) as graph values."""
+    def rule(r: RuleCtx) -> None:
+        groups = r.raw(6, "groups", 1)
+        if isinstance(groups, fx.Node):
+            raise ValueError("dynamic groups")
+        _conv_channels(r, r.arg(0, "input"), r.out(), r.arg(1, "weight"), r.arg(2, "bias"), groups, transposed)
+    return rule
 
 
-@function_rule(F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)
-def conv_transpose_function(r: RuleCtx) -> None:
-    groups = r.raw(6, "groups", 1)
-    if isinstance(groups, fx.Node):
-        raise ValueError("dynamic groups")
-    _conv_channels(r, r.arg(0, "input"), r.out(), r.arg(1, "weight"), r.arg(2, "bias"), groups, True)
+conv_function = function_rule(F.conv1d, F.conv2d, F.conv3d)(_functional_conv(False))
+conv_transpose_function = function_rule(F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)(
+    _functional_conv(True))
 
 
 # ---- linear layers
