@@ -79,18 +79,45 @@ def images(workdir: str, n: int, seed: int) -> np.ndarray:
     return np.load(path)
 
 
+class ImageBatches:
+    """Re-iterable batches read from the .npy file one at a time (plain reads, no memory map), so that no
+    calibrator holds the whole set: memory growth with more images is then the calibrator's own."""
+
+    def __init__(self, path: str, batch: int = CALIB_BATCH):
+        self.path, self.batch = path, batch
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                np.lib.format.read_array_header_2_0
+            self.shape, _, self.dtype = read_header(f)
+            self.offset = f.tell()
+        self.per_image = int(np.prod(self.shape[1:]))
+
+    def __iter__(self):
+        with open(self.path, "rb") as f:
+            for start in range(0, self.shape[0], self.batch):
+                count = min(self.batch, self.shape[0] - start)
+                f.seek(self.offset + start * self.per_image * self.dtype.itemsize)
+                yield np.fromfile(f, self.dtype, count * self.per_image).reshape(count, *self.shape[1:])
+
+
+def image_batches(workdir: str, n: int, seed: int) -> ImageBatches:
+    images(workdir, n, seed)  # written once, then read batch by batch
+    return ImageBatches(os.path.join(workdir, f"images_{n}_{seed}.npy"))
+
+
 # ------------------------------------------------------------------------------- calibrators (subprocess)
 
 def calibrate_ort(model: str, method: str, n: int, workdir: str) -> dict:
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
-    data = images(workdir, n, seed=1)
+    data = image_batches(workdir, n, seed=1)
     fp32 = os.path.join(workdir, f"{model}_fp32.onnx")
     out = os.path.join(workdir, f"{model}_ort_{method}.onnx")
 
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self.batches = iter([{"input": data[i:i + CALIB_BATCH]} for i in range(0, n, CALIB_BATCH)])
+            self.batches = ({"input": batch} for batch in data)
 
         def get_next(self):
             return next(self.batches, None)
@@ -130,8 +157,12 @@ def calibrate_fx(model: str, method: str, n: int, workdir: str, export: bool) ->
     from fxcompress.passes import ExportONNX, QuantizeINT8
 
     net = build_model(model)
-    data = torch.from_numpy(images(workdir, n, seed=1))
-    loader = [(data[i:i + CALIB_BATCH], torch.zeros(CALIB_BATCH, dtype=torch.long)) for i in range(0, n, CALIB_BATCH)]
+    class Loader:  # re-iterable: QuantizeINT8 reads it for calibration and again for the agreement check
+        def __iter__(self):
+            return ((torch.from_numpy(b), torch.zeros(len(b), dtype=torch.long))
+                    for b in image_batches(workdir, n, seed=1))
+
+    loader = Loader()
     probe = {}
 
     class Probe(AnalysisPass):   # reads the peak RSS right after calibration, before the export runs ORT
