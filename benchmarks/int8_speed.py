@@ -258,7 +258,6 @@ def bench_model(name: str, args, workdir: str) -> dict:
     for k in VARIANTS:
         rows[k]["latency_ms"] = {b: latency[b][k] for b in latency}
         rows[k].update(agree.get(k, {}))
-        rows[k]["file"] = os.path.basename(rows[k].pop("path"))  # results name no machine paths
     return rows
 
 
@@ -328,7 +327,16 @@ def main():
     print(f"\nwrote {args.out}")
 
 
+def _file_names_only(o):
+    """Results name files, not this machine's temporary paths."""
+    if isinstance(o, dict):
+        return {("file" if k == "path" else k): (os.path.basename(v) if k == "path" else _file_names_only(v))
+                for k, v in o.items()}
+    return [_file_names_only(v) for v in o] if isinstance(o, list) else o
+
+
 def save(results: dict, path: str) -> None:
+    results = _file_names_only(results)
     from fxcompress.io import atomic_write_text
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     atomic_write_text(path, json.dumps(results, indent=1, default=float))
