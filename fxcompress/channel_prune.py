@@ -25,7 +25,7 @@ from .channel_graph import PRODUCER, ChannelGroupsResult, Dim, tensor_metas
 from .op_registry import OpRegistry
 from .errors import PassError, VerificationError
 from .tracing import propagate_shapes
-from .verify import TOLERANCES, compare_outputs, run_eval
+from .verify import compare_exact, run_eval
 
 Plan = Mapping[int, Sequence[int]]
 
@@ -425,29 +425,10 @@ def prune(gm: fx.GraphModule, result: ChannelGroupsResult, plan: Mapping, exampl
 
 
 def verify_exactness(gm, new, result, plan, example_inputs) -> dict:
-    """Pruned output vs the unpruned output with the removed channels zeroed. Float32 rounding differs
-    between a narrower and a zeroed-out wider sum; when it alone exceeds the tolerance (deep random-weight
-    models with small outputs), the comparison is repeated in float64, where it cannot."""
-    what = "pruned model vs unpruned model with the removed channels zeroed"
-    tol = TOLERANCES["exact_transform"]
-    try:
-        reference = zeroed_outputs(gm, result, plan, example_inputs)
-        return {**compare_outputs(run_eval(new, example_inputs), reference, tol, what), "exact_check": "float32"}
-    except VerificationError:
-        floats = [t for t in list(gm.parameters()) + list(gm.buffers()) if t.is_floating_point()]
-        if not floats or any(t.dtype != torch.float32 for t in floats):
-            raise
-    # in place (float32 -> float64 -> float32 is exact), so that big models need no extra copies
-    inputs64 = tuple(t.double() if t.is_floating_point() else t for t in example_inputs)
-    try:
-        gm.double()
-        new.double()
-        reference = zeroed_outputs(gm, result, plan, inputs64)
-        out = run_eval(new, inputs64)
-    finally:
-        gm.float()
-        new.float()
-    return {**compare_outputs(out, reference, tol, what + " (float64)"), "exact_check": "float64"}
+    """Pruned output vs the unpruned output with the removed channels zeroed (float64 re-check when
+    float32 rounding alone exceeds the tolerance: see verify.compare_exact)."""
+    return compare_exact(lambda x: zeroed_outputs(gm, result, plan, x), lambda x: run_eval(new, x), (gm, new),
+                         example_inputs, "pruned model vs unpruned model with the removed channels zeroed")
 
 
 # ============================================================================================ probing the analysis

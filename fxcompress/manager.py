@@ -12,7 +12,7 @@ from .context import PassContext
 from .errors import PassError, VerificationError
 from .pass_base import RESOURCES, AnalysisPass, LoweringPass, Pass, TransformPass
 from .report import PassRecord, Report
-from .verify import OutputSpec, check_finite, compare_exact
+from .verify import OutputSpec, check_finite, compare_exact, run_eval
 
 
 class PassManager:
@@ -76,5 +76,6 @@ class PassManager:
             raise VerificationError(f"after {p.name}, outputs changed from [{spec.describe()}] to [{got.describe()}]")
         check_finite(out, f"after {p.name}")
         if before is not None:
-            return compare_exact(before, ctx.gm, ctx.example_inputs, f"{p.name} exactness")
+            return compare_exact(lambda x: run_eval(before, x), lambda x: run_eval(ctx.gm, x), (before, ctx.gm),
+                                 ctx.example_inputs, f"{p.name} exactness")
         return {}

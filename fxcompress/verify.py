@@ -85,23 +85,26 @@ def run_eval(module, inputs):
         module.train(was_training)
 
 
-def compare_exact(before, after, example_inputs, what: str) -> dict:
-    """An exact rewrite: `after` must compute what `before` did within TOLERANCES["exact_transform"].
-    Float32 rounding alone can exceed that on deep random-weight models (BN folding reorders the
-    arithmetic); then both are compared again in float64, where rounding cannot hide a real error.
-    The float64 round trip is done in place: float32 -> float64 -> float32 is exact."""
+def compare_exact(expected, actual, modules, example_inputs, what: str) -> dict:
+    """An exact rewrite: `actual(inputs)` must equal `expected(inputs)` within TOLERANCES["exact_transform"].
+    Float32 rounding alone can exceed that on deep random-weight models (BN folding reorders sums; a
+    narrower sum differs from a zero-padded wider one); then both are compared again in float64, where
+    rounding cannot hide a real error. `modules` (those the two computations use) are converted in
+    place: float32 -> float64 -> float32 is exact, so big models need no extra copies."""
     tol = TOLERANCES["exact_transform"]
     try:
-        return {**compare_outputs(run_eval(after, example_inputs), run_eval(before, example_inputs), tol, what),
+        return {**compare_outputs(actual(example_inputs), expected(example_inputs), tol, what),
                 "exact_check": "float32"}
     except VerificationError:
-        tensors = [t for m in (before, after) for t in list(m.parameters()) + list(m.buffers()) if t.is_floating_point()]
-        if any(t.dtype != torch.float32 for t in tensors):
+        tensors = [t for m in modules for t in list(m.parameters()) + list(m.buffers()) if t.is_floating_point()]
+        if not tensors or any(t.dtype != torch.float32 for t in tensors):
             raise
     inputs64 = tuple(t.double() if t.is_floating_point() else t for t in example_inputs)
     try:
-        before.double(), after.double()
-        result = compare_outputs(run_eval(after, inputs64), run_eval(before, inputs64), tol, what + " (float64)")
+        for m in modules:
+            m.double()
+        result = compare_outputs(actual(inputs64), expected(inputs64), tol, what + " (float64)")
     finally:
-        before.float(), after.float()
+        for m in modules:
+            m.float()
     return {**result, "exact_check": "float64"}
