@@ -153,14 +153,18 @@ def latency_rows(name: str, reps: int, tmpdir: str, with_tp: bool) -> list:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--reps", type=int, default=30, help="timed runs per variant and batch size (>= 30)")
-    p.add_argument("--build-reps", type=int, default=5)
+    p.add_argument("--build-reps", type=int, default=9)
     p.add_argument("--skip-build", action="store_true")
     p.add_argument("--skip-latency", action="store_true")
     p.add_argument("--out", default=os.path.join(RESULTS, "prune_speed.json"))
     args = p.parse_args(argv)
     warnings.filterwarnings("ignore")
     torch.set_num_threads(2)
-    report = {"machine": f"{os.cpu_count()}-core CPU, shared with other jobs", "torch": torch.__version__}
+    report = {}
+    if os.path.exists(args.out) and (args.skip_build or args.skip_latency):
+        with open(args.out) as f:   # a partial run keeps the other part's earlier results
+            report = json.load(f)
+    report.update({"machine": f"{os.cpu_count()}-core CPU", "torch": torch.__version__})
     if not args.skip_build:
         rows = group_build_times(["resnet50", "densenet121", "vit_b_16"], args.build_reps)
         report["group_build"] = rows

@@ -5,7 +5,9 @@ tensor (`n:<node>` or `n:<node>#i` for the i-th tensor of a tuple) or a paramete
 Edges say "these dimensions keep the same channels" and carry an index mapping (identity, offsets through
 `cat`/`split`/slicing, folds through `view`/`flatten`). Underneath, every position of every dimension
 gets an integer id and each edge unions ids position by position, so the connected components of the
-position graph are the *units* that must go together (one channel of a conv, plus the same channel of
+position graph are the *units* that must go together (dimensions coupled whole, position i to position
+i, are merged first and share one id range: most couplings are of that kind, and it keeps the position
+graph a fraction of the model's total channel count) (one channel of a conv, plus the same channel of
 its BatchNorm, of every add partner, of every consumer's input columns...). Units touching the same set
 of dimensions form a `ChannelGroup`: what a pruner ranks and cuts.
 
@@ -16,22 +18,27 @@ group records why (model input/output, an op the analysis does not understand, a
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import networkx as nx
 import numpy as np
 import torch
 import torch.fx as fx
+import torch.nn as nn
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
+from torch.fx.passes.shape_prop import TensorMetadata, _extract_tensor_metadata
+from torch.utils import _pytree as pytree
 
 Dim = Tuple[str, int]
 
 PRODUCER, CONSUMER = "producer", "consumer"
 
 
-@dataclass
+@dataclass(slots=True)
 class Member:
     """One dimension of a group: positions[i] of dimension `dim` of `key` belongs to unit units[i]."""
     key: str
@@ -75,9 +82,18 @@ class ChannelGroup:
 @dataclass
 class ChannelGroupsResult:
     groups: List[ChannelGroup]
-    graph: nx.Graph               # dimension-level dependency graph
-    shapes: Dict[str, tuple]      # vertex key -> shape when the groups were built
+    dims: List[Tuple[Dim, int]]           # every dimension and its size
+    dim_edges: List[Tuple[Dim, Dim, str]]  # couplings between dimensions, with their kind
+    shapes: Dict[str, tuple]              # vertex key -> shape when the groups were built
     roles: Dict[Dim, str]
+
+    @cached_property
+    def graph(self) -> nx.Graph:
+        """The dimension-level dependency graph (built on first use: the groups do not need it)."""
+        graph = nx.Graph()
+        graph.add_nodes_from((dim, {"size": size}) for dim, size in self.dims)
+        graph.add_edges_from((a, b, {"kind": kind}) for a, b, kind in self.dim_edges)
+        return graph
 
     def prunable(self) -> List[ChannelGroup]:
         return [g for g in self.groups if g.prunable]
@@ -98,25 +114,129 @@ class ChannelGroupsResult:
 
 
 def record_shapes(gm: fx.GraphModule, example_inputs) -> None:
-    """Record `tensor_meta` on every node without computing anything: the graph runs on fake tensors
-    (shapes only), much faster than a real forward pass at full resolution. Falls back to a real run
-    for ops fake tensors do not support."""
+    """Record `tensor_meta` on every node without computing anything. First on the meta device (every
+    parameter, buffer and input swapped for a data-less twin: shapes only, a few ms for a ResNet-50);
+    a graph that meta tensors cannot run (data-dependent ops, tensors made on the CPU inside forward)
+    falls back to fake tensors, then to a real forward pass."""
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.fx.passes.shape_prop import ShapeProp
 
     from .tracing import propagate_shapes
-    was_training = gm.training
-    gm.eval()
+    training = [m for m in gm.modules() if m.training]
+    for m in training:   # eval mode, touching only the modules that need it (nn.Module.eval walks them all)
+        m.training = False
     try:
-        prop = ShapeProp(gm)
-        # the real parameters take part as they are (no fake copy of the module): only inputs are fake
-        prop.fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
-        with torch.no_grad():
-            prop.propagate(*example_inputs)
-    except Exception:
-        propagate_shapes(gm, example_inputs)
+        try:
+            with _on_meta(gm), torch.no_grad():
+                _record_on_meta(gm, [_meta_twin(x) for x in example_inputs])
+            return
+        except Exception:
+            pass
+        try:
+            prop = ShapeProp(gm)
+            # the real parameters take part as they are (no fake copy of the module): only inputs are fake
+            prop.fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
+            with torch.no_grad():
+                prop.propagate(*example_inputs)
+        except Exception:
+            propagate_shapes(gm, example_inputs)
     finally:
-        gm.train(was_training)
+        for m in training:
+            m.training = True
+
+
+# modules whose output has the input's shape and dtype: skipped on meta tensors (torch runs BatchNorm's
+# meta kernel through Python decompositions, ~1.5 ms a call: most of DenseNet's shape time)
+SHAPE_PRESERVING = (nn.modules.batchnorm._BatchNorm, nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish,
+                    nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.Dropout, nn.Identity, nn.LayerNorm)
+
+
+def _record_on_meta(gm: fx.GraphModule, inputs) -> None:
+    """Run the graph node by node on meta tensors and record each node's tensor metadata. A plain loop,
+    not fx.Interpreter: its per-node bookkeeping costs more than a meta op. Any failure raises (the
+    caller falls back to fake tensors, then to a real run that names the failing node)."""
+    modules = dict(gm.named_modules())
+    env: Dict[fx.Node, object] = {}
+    inputs = iter(inputs)
+    load = env.__getitem__
+    for n in gm.graph.nodes:
+        if n.op == "placeholder":
+            value = next(inputs)
+        elif n.op == "output":
+            value = fx.node.map_arg(n.args[0], load)
+        elif n.op == "get_attr":
+            owner, _, attr = n.target.rpartition(".")
+            value = getattr(modules[owner], attr)
+        else:
+            args, kwargs = fx.node.map_arg(n.args, load), fx.node.map_arg(n.kwargs, load)
+            if n.target in _CAT:
+                value = _cat_on_meta(*args, **kwargs)
+            elif n.op == "call_function":
+                value = n.target(*args, **kwargs)
+            elif n.op == "call_method":
+                value = getattr(args[0], n.target)(*args[1:], **kwargs)
+            else:
+                module = modules[n.target]
+                x = args[0] if len(args) == 1 and not kwargs else None
+                if isinstance(module, SHAPE_PRESERVING) and isinstance(x, torch.Tensor) and x.is_floating_point():
+                    value = x
+                else:
+                    value = module(*args, **kwargs)
+        env[n] = value
+        if isinstance(value, torch.Tensor):
+            n.meta["tensor_meta"] = _tensor_metadata(value)
+        else:
+            meta = pytree.tree_map(lambda v: _tensor_metadata(v) if isinstance(v, torch.Tensor) else None, value)
+            if meta is not None:
+                n.meta["tensor_meta"] = meta
+        n.meta["type"] = type(value)
+
+
+_CAT = (torch.cat, torch.concat, torch.concatenate)
+
+
+def _cat_on_meta(tensors, dim=0, *, out=None):
+    """torch.cat's result on meta tensors, shape arithmetic only (its meta kernel runs through Python
+    references, ~0.4 ms a call: most of DenseNet's shape time). Anything unusual goes to torch.cat."""
+    tensors = list(tensors)
+    first = tensors[0] if tensors else None
+    if out is not None or first is None or any(t.dtype != first.dtype or t.dim() != first.dim() or t.numel() == 0
+                                               for t in tensors):
+        return torch.cat(tensors, dim) if out is None else torch.cat(tensors, dim, out=out)
+    d = dim % first.dim()
+    shape = list(first.shape)
+    if any(list(t.shape[:d]) + list(t.shape[d + 1:]) != shape[:d] + shape[d + 1:] for t in tensors):
+        return torch.cat(tensors, dim)   # let torch raise its own error
+    shape[d] = sum(t.shape[d] for t in tensors)
+    return torch.empty(shape, dtype=first.dtype, device="meta")
+
+
+def _tensor_metadata(t: torch.Tensor) -> TensorMetadata:
+    """fx's TensorMetadata; the common contiguous dense case without fx's three memory-format probes."""
+    if t.layout == torch.strided and not t.is_quantized and t.is_contiguous():
+        return TensorMetadata(t.shape, t.dtype, t.requires_grad, t.stride(), torch.contiguous_format, False, {})
+    return _extract_tensor_metadata(t)
+
+
+def _meta_twin(value):
+    return torch.empty_like(value, device="meta") if isinstance(value, torch.Tensor) else value
+
+
+@contextmanager
+def _on_meta(gm: fx.GraphModule):
+    """Swap every parameter and buffer of gm for a meta tensor of the same shape and dtype, then restore."""
+    saved = []
+    try:
+        for module in gm.modules():
+            for store in (module._parameters, module._buffers):
+                for name, t in store.items():
+                    if t is not None:
+                        saved.append((store, name, t))
+                        store[name] = _meta_twin(t)
+        yield
+    finally:
+        for store, name, t in saved:
+            store[name] = t
 
 
 def tensor_metas(node: fx.Node) -> Dict[str, tuple]:
@@ -138,17 +258,22 @@ class ChannelGraphBuilder:
         self.gm = gm
         self.modules = dict(gm.named_modules())
         self.tensor_names: Dict[int, str] = {}
-        for name, t in list(gm.named_parameters()) + list(gm.named_buffers()):
-            self.tensor_names.setdefault(id(t), name)
+        for prefix, module in self.modules.items():   # one walk (named_parameters() walks once per call)
+            for store in (module._parameters, module._buffers):
+                for name, t in store.items():
+                    if t is not None:
+                        self.tensor_names.setdefault(id(t), f"{prefix}.{name}" if prefix else name)
         self.shapes: Dict[str, tuple] = {}
-        self.base: Dict[str, List[int]] = {}
-        self.n_ids = 0
-        self.edge_a: List[np.ndarray] = []
-        self.edge_b: List[np.ndarray] = []
-        self.blocked: List[Tuple[np.ndarray, int]] = []
+        self.base: Dict[str, List[int]] = {}       # vertex key -> index of each of its dimensions
+        self.dim_keys: List[Dim] = []
+        self.dim_sizes: List[int] = []
+        self.whole_a: List[int] = []                # dimensions coupled whole (identity on positions)
+        self.whole_b: List[int] = []
+        self.mapped: List[tuple] = []               # (dim a, positions a, dim b, positions b)
+        self.blocked: List[tuple] = []              # (dim, positions or None for all, reason index)
         self.reasons: List[str] = []
         self.reason_index: Dict[str, int] = {}
-        self.graph = nx.Graph()
+        self.dim_edges: List[Tuple[Dim, Dim, str]] = []
         self.touched: set = set()
         self.roles: Dict[Dim, str] = {}
         self.node_of_key: Dict[str, fx.Node] = {}
@@ -160,12 +285,12 @@ class ChannelGraphBuilder:
         if key not in self.base:
             shape = tuple(int(s) for s in shape)
             self.shapes[key] = shape
-            bases = []
+            dims = []
             for d, s in enumerate(shape):
-                bases.append(self.n_ids)
-                self.n_ids += s
-                self.graph.add_node((key, d), size=s)
-            self.base[key] = bases
+                dims.append(len(self.dim_sizes))
+                self.dim_keys.append((key, d))
+                self.dim_sizes.append(s)
+            self.base[key] = dims
         return key
 
     def param_key(self, tensor: torch.Tensor) -> Optional[str]:
@@ -174,29 +299,31 @@ class ChannelGraphBuilder:
             return None
         return self.add_vertex(f"p:{name}", tensor.shape)
 
-    def ids(self, key: str, dim: int, positions=None) -> np.ndarray:
-        base = self.base[key][dim]
-        if positions is None:
-            return np.arange(base, base + self.shapes[key][dim])
-        return base + np.asarray(positions, dtype=np.int64)
-
     # ---- couplings ------------------------------------------------------------------------------
     def couple(self, a: str, da: int, b: str, db: int, pa=None, pb=None, kind: str = "same") -> None:
-        ia, ib = self.ids(a, da, pa), self.ids(b, db, pb)
-        if len(ia) != len(ib):
-            raise ValueError(f"coupling {a}[{da}] ({len(ia)}) with {b}[{db}] ({len(ib)}): lengths differ")
-        self.edge_a.append(ia)
-        self.edge_b.append(ib)
+        pa = None if pa is None else np.asarray(pa, dtype=np.int64)
+        pb = None if pb is None else np.asarray(pb, dtype=np.int64)
+        na = self.shapes[a][da] if pa is None else len(pa)
+        nb = self.shapes[b][db] if pb is None else len(pb)
+        if na != nb:
+            raise ValueError(f"coupling {a}[{da}] ({na}) with {b}[{db}] ({nb}): lengths differ")
+        ia, ib = self.base[a][da], self.base[b][db]
+        if pa is None and pb is None:
+            self.whole_a.append(ia)
+            self.whole_b.append(ib)
+        else:
+            self.mapped.append((ia, pa, ib, pb))
         self.touched.add((a, da))
         self.touched.add((b, db))
         if (a, da) != (b, db):
-            self.graph.add_edge((a, da), (b, db), kind=kind)
+            self.dim_edges.append(((a, da), (b, db), kind))
 
     def block(self, key: str, dim: int, reason: str, positions=None) -> None:
         idx = self.reason_index.setdefault(reason, len(self.reasons))
         if idx == len(self.reasons):
             self.reasons.append(reason)
-        self.blocked.append((self.ids(key, dim, positions), idx))
+        positions = None if positions is None else np.asarray(positions, dtype=np.int64)
+        self.blocked.append((self.base[key][dim], positions, idx))
         self.touched.add((key, dim))
 
     def block_all(self, key: str, reason: str) -> None:
@@ -205,48 +332,77 @@ class ChannelGraphBuilder:
 
     # ---- groups ---------------------------------------------------------------------------------
     def build_groups(self, node_macs: Dict[str, int]) -> ChannelGroupsResult:
-        n = self.n_ids
-        if self.edge_a:
-            a, b = np.concatenate(self.edge_a), np.concatenate(self.edge_b)
+        n_dims = len(self.dim_sizes)
+        dim_size = np.array(self.dim_sizes, dtype=np.int64)
+        # 1. dimensions coupled whole form classes; each class gets one id range
+        if self.whole_a:
+            ones = np.ones(len(self.whole_a), dtype=np.int8)
+            _, cls = connected_components(coo_matrix((ones, (self.whole_a, self.whole_b)), shape=(n_dims, n_dims)),
+                                          directed=False)
         else:
-            a = b = np.zeros(0, dtype=np.int64)
-        adj = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(n, n))
-        _, label = connected_components(adj, directed=False)
+            cls = np.arange(n_dims)
+        n_cls = int(cls.max()) + 1 if n_dims else 0
+        cls_size = np.zeros(n_cls, dtype=np.int64)
+        cls_size[cls] = dim_size
+        cls_start = np.concatenate([[0], np.cumsum(cls_size)[:-1]]) if n_cls else cls_size
+        n = int(cls_size.sum())
+
+        def id_range(dim, positions):
+            base = cls_start[cls[dim]]
+            return base + (np.arange(dim_size[dim]) if positions is None else positions)
+
+        # 2. position-level couplings between classes: components are the units
+        if self.mapped:
+            a = np.concatenate([id_range(da, pa) for da, pa, _, _ in self.mapped])
+            b = np.concatenate([id_range(db, pb) for _, _, db, pb in self.mapped])
+            adj = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(n, n))
+            _, label = connected_components(adj, directed=False)
+        else:
+            label = np.arange(n)
         # first blocking reason of every component
         comp_reason = np.full(label.max() + 1 if n else 0, -1, dtype=np.int64)
-        for ids, r in self.blocked:
-            comps = label[ids]
-            free = comp_reason[comps] < 0
-            comp_reason[comps[free]] = r
-        # which vertex-dimension each id belongs to
-        dims = [(k, d) for k, bases in self.base.items() for d in range(len(bases))]
-        starts = np.array([self.base[k][d] for k, d in dims], dtype=np.int64)
-        sizes = np.array([self.shapes[k][d] for k, d in dims], dtype=np.int64)
-        keep = sizes > 0
-        dims = [x for x, k in zip(dims, keep) if k]
-        starts, sizes = starts[keep], sizes[keep]
-        dim_of_id = np.repeat(np.arange(len(dims)), sizes)
-        pos_of_id = np.arange(n) - np.repeat(starts, sizes)
-        is_param = np.array([k.startswith("p:") for k, _ in dims], dtype=bool)
+        if self.blocked:
+            blocked_ids = [id_range(dim, positions) for dim, positions, _ in self.blocked]
+            blocked_comps = label[np.concatenate(blocked_ids)]
+            reasons = np.repeat([r for _, _, r in self.blocked], [len(i) for i in blocked_ids])
+            comps, first = np.unique(blocked_comps, return_index=True)
+            comp_reason[comps] = reasons[first]
+        # which class (and position in it) each id belongs to; which dimensions each class holds
+        dims = list(range(n_cls))   # below, "dimension" means a class of dimensions coupled whole
+        dim_of_id = np.repeat(np.arange(n_cls), cls_size)
+        pos_of_id = np.arange(n) - np.repeat(cls_start, cls_size)
+        is_param = np.zeros(n_cls, dtype=bool)
+        is_param[cls[np.array([k.startswith("p:") for k, _ in self.dim_keys], dtype=bool)]] = True
+        members_of_cls: List[List[int]] = [[] for _ in range(n_cls)]
+        for d, c in enumerate(cls.tolist()):
+            members_of_cls[c].append(d)
         # a group is the set of components that touch exactly the same dimensions (and share a fate):
         # hash each component's set of dimensions by summing one random 63-bit code per dimension
         comp_has_param = np.zeros(len(comp_reason), dtype=bool)
         comp_has_param[label[is_param[dim_of_id]]] = True
         ids = np.nonzero(comp_has_param[label])[0]
-        n_dims = max(len(dims), 1)
-        pair_keys = np.unique(label[ids].astype(np.int64) * n_dims + dim_of_id[ids])
-        pairs = np.stack([pair_keys // n_dims, pair_keys % n_dims], 1)
+        # distinct (component, dimension) pairs: a sparse count matrix sums the duplicates in linear time
+        touch = coo_matrix((np.ones(len(ids), dtype=np.int32), (label[ids], dim_of_id[ids])),
+                           shape=(len(comp_reason), max(len(dims), 1))).tocsr()
+        touch.sum_duplicates()
+        pair_comp = np.repeat(np.arange(len(comp_reason)), np.diff(touch.indptr))
         codes = np.random.default_rng(0).integers(1, 2 ** 62, size=len(dims), dtype=np.int64)
         comp_sig = np.zeros(len(comp_reason), dtype=np.int64)
-        np.add.at(comp_sig, pairs[:, 0], codes[pairs[:, 1]])
-        comps = np.unique(pairs[:, 0])
-        keys = np.stack([comp_sig[comps], (comp_reason[comps] >= 0).astype(np.int64)], 1)
-        sig_keys, group_of = np.unique(keys, axis=0, return_inverse=True)
-        group_of = group_of.reshape(-1)
+        np.add.at(comp_sig, pair_comp, codes[touch.indices])
+        comps = np.nonzero(np.diff(touch.indptr))[0]
+        comp_blocked = comp_reason[comps] >= 0
+        # the fate (blocked or not) is part of the key; groups are numbered in order of first appearance
+        keys = comp_sig[comps] ^ comp_blocked.astype(np.int64)
+        _, first, group_of = np.unique(keys, return_index=True, return_inverse=True)
+        rank = np.empty(len(first), dtype=np.int64)
+        rank[np.argsort(first, kind="stable")] = np.arange(len(first))
+        group_of = rank[group_of.reshape(-1)]
+        group_blocked = np.zeros(len(first), dtype=bool)
+        group_blocked[group_of] = comp_blocked
         # unit index of each component inside its group, in order of first appearance
         order = np.argsort(group_of, kind="stable")
         unit_of = np.empty(len(comps), dtype=np.int64)
-        counts = np.bincount(group_of, minlength=len(sig_keys))
+        counts = np.bincount(group_of, minlength=len(first))
         unit_of[order] = np.arange(len(comps)) - np.repeat(np.cumsum(counts) - counts, counts)
         comp_index = np.full(len(comp_reason), -1, dtype=np.int64)
         comp_index[comps] = np.arange(len(comps))
@@ -258,32 +414,36 @@ class ChannelGraphBuilder:
         starts_m = np.concatenate([[0], change]) if len(g_id) else np.zeros(0, dtype=np.int64)
         ends_m = np.concatenate([change, [len(g_id)]]) if len(g_id) else np.zeros(0, dtype=np.int64)
         members_of: Dict[int, List[Member]] = {}
-        for s, e in zip(starts_m, ends_m):
-            key, dim = dims[d_id[s]]
-            # parameters make their channel unless a rule says they only read it (input columns)
-            role = self.roles.get((key, dim), PRODUCER) if key.startswith("p:") else None
-            members_of.setdefault(int(g_id[s]), []).append(Member(key, dim, p_id[s:e], u_id[s:e], role))
+        roles = self.roles
+        # MACs and parameters one unit of a group carries: its share of every parameter member
+        macs_of_key = {k: sum(node_macs.get(n.name, 0) for n in users) for k, users in self.param_users.items()}
+        macs_per_unit, params_per_unit = np.zeros(len(first)), np.zeros(len(first))
+        for s, e, g, c in zip(starts_m.tolist(), ends_m.tolist(), g_id[starts_m].tolist(), d_id[starts_m].tolist()):
+            positions, units = p_id[s:e], u_id[s:e]
+            members = members_of.setdefault(g, [])
+            for d in members_of_cls[c]:
+                key, dim = self.dim_keys[d]
+                role = None
+                if key[0] == "p":
+                    # parameters make their channel unless a rule says they only read it (input columns)
+                    role = roles.get((key, dim), PRODUCER)
+                    shape = self.shapes[key]
+                    frac = (e - s) / max(shape[dim], 1) / max(int(counts[g]), 1)
+                    params_per_unit[g] += math.prod(shape) * frac
+                    macs_per_unit[g] += macs_of_key.get(key, 0) * frac
+                members.append(Member(key, dim, positions, units, role))
         reasons_of: Dict[int, set] = {}
-        blocked = comp_reason[comps] >= 0
-        for g, r in np.unique(np.stack([group_of[blocked], comp_reason[comps][blocked]], 1), axis=0):
-            reasons_of.setdefault(int(g), set()).add(self.reasons[r])
+        for g, r in set(zip(group_of[comp_blocked].tolist(), comp_reason[comps][comp_blocked].tolist())):
+            reasons_of.setdefault(g, set()).add(self.reasons[r])
         groups: List[ChannelGroup] = []
-        for g in range(len(sig_keys)):
-            blocked = bool(sig_keys[g, 1])
+        for g in range(len(first)):
+            blocked = bool(group_blocked[g])
             group = ChannelGroup(len(groups), int(counts[g]), members_of.get(g, []), not blocked,
                                  sorted(reasons_of.get(g, ())) if blocked else [])
             if blocked and not group.reasons:
                 group.reasons = ["coupled to a fixed dimension"]
-            self._weigh(group, node_macs)
+            group.macs_per_unit, group.params_per_unit = float(macs_per_unit[g]), float(params_per_unit[g])
             groups.append(group)
-        return ChannelGroupsResult(groups, self.graph, dict(self.shapes), dict(self.roles))
+        return ChannelGroupsResult(groups, list(zip(self.dim_keys, self.dim_sizes)), self.dim_edges, dict(self.shapes),
+                                   dict(self.roles))
 
-    def _weigh(self, group: ChannelGroup, node_macs: Dict[str, int]) -> None:
-        """MACs and parameters that one unit of the group carries (its share of every member)."""
-        macs = params = 0.0
-        for m in group.param_members():
-            size = self.shapes[m.key][m.dim]
-            frac = len(m.positions) / max(size, 1) / max(group.size, 1)
-            params += math.prod(self.shapes[m.key]) * frac
-            macs += sum(node_macs.get(n.name, 0) for n in self.param_users.get(m.key, ())) * frac
-        group.macs_per_unit, group.params_per_unit = macs, params

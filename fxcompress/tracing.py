@@ -7,6 +7,7 @@ from typing import Iterable, Sequence
 
 import torch
 import torch.fx as fx
+from torch.fx._lazy_graph_module import _make_graph_module, _use_lazy_graph_module
 from torch.fx.passes.shape_prop import _extract_tensor_metadata
 from torch.utils import _pytree as pytree
 
@@ -54,8 +55,9 @@ def trace(model: torch.nn.Module, leaf_modules: Iterable = ()) -> fx.GraphModule
             f"cannot be traced: pass that module as a leaf, e.g. leaf_modules=[{module.split(' ')[0]!r}] "
             f"or its class, or rewrite the branch with torch.where."
         ) from e
-    name = type(model).__name__
-    return fx.GraphModule(tracer.root, graph, name)
+    # Python code for forward() is generated on first call, not here: analyses read only the graph
+    with _use_lazy_graph_module(True):
+        return _make_graph_module(tracer.root, graph, type(model).__name__)
 
 
 class _ShapeRecorder(fx.Interpreter):
@@ -72,8 +74,11 @@ class _ShapeRecorder(fx.Interpreter):
                 f"node {n.name!r} ({n.op} {_target_name(n)}) failed on inputs of shapes {shapes}: "
                 f"{type(e).__name__}: {message}. Check that example_inputs have the shape the model expects."
             ) from e
-        meta = pytree.tree_map(lambda v: _extract_tensor_metadata(v) if isinstance(v, torch.Tensor) else None,
-                               result)
+        if isinstance(result, torch.Tensor):  # the common case, without pytree's walk
+            meta = _extract_tensor_metadata(result)
+        else:
+            meta = pytree.tree_map(lambda v: _extract_tensor_metadata(v) if isinstance(v, torch.Tensor) else None,
+                                   result)
         if meta is not None:
             n.meta["tensor_meta"] = meta
         n.meta["type"] = type(result)

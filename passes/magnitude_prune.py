@@ -5,7 +5,8 @@ from typing import Iterable, Optional
 
 from fxcompress.channel_prune import prune
 from fxcompress.pass_base import TransformPass
-from fxcompress.pruning_plan import macs_of_plan, magnitude_scores, plan_from_scores, search_ratio
+from fxcompress.pruning_plan import (macs_of_plan, magnitude_scores, plan_from_scores, refine_to_target,
+                                     search_ratio)
 
 from .channel_groups import ChannelGroups
 
@@ -15,13 +16,14 @@ class MagnitudePrune(TransformPass):
     the summed `norm`-norm of all weights coupled to the unit; kept counts are rounded up to a multiple
     of `round_to`; no group is emptied; model outputs (the classifier width) and modules named in
     `ignore` stay whole. With `target_macs` (fraction of the current MACs to keep, e.g. 0.5), the ratio
-    is searched so that the pruned model has at most that many MACs. Checked for exactness like
-    PruneChannels."""
+    is searched so that the pruned model has at most that many MACs, then (`refine`) channels are given
+    back `round_to` at a time, best first, while the MACs stay within the target (rounding otherwise
+    overshoots). Checked for exactness like PruneChannels."""
 
     requires = (ChannelGroups,)
 
     def __init__(self, ratio: float = 0.5, norm: float = 1, round_to: int = 1, global_ranking: bool = False,
-                 ignore: Iterable[str] = (), target_macs: Optional[float] = None):
+                 ignore: Iterable[str] = (), target_macs: Optional[float] = None, refine: bool = True):
         if not isinstance(ratio, (int, float)) or not 0 <= ratio < 1:
             raise ValueError(f"MagnitudePrune ratio must be in [0, 1), got {ratio!r}")
         if not isinstance(norm, (int, float)) or norm <= 0:
@@ -35,6 +37,7 @@ class MagnitudePrune(TransformPass):
             ignore = [ignore]
         self.ratio, self.norm, self.round_to = float(ratio), norm, round_to
         self.global_ranking, self.ignore, self.target_macs = global_ranking, tuple(ignore), target_macs
+        self.refine = refine
 
     def _groups(self, ctx, result):
         modules = dict(ctx.gm.named_modules())
@@ -58,8 +61,10 @@ class MagnitudePrune(TransformPass):
         ratio = self.ratio
         if self.target_macs is not None:
             target = int(self.target_macs * ctx.flops().macs)
-            ratio, plan, _ = search_ratio(make_plan, lambda p: macs_of_plan(ctx.gm, result, p, ctx.example_inputs),
-                                          target)
+            macs_of = lambda p: macs_of_plan(ctx.gm, result, p, ctx.example_inputs)  # noqa: E731
+            ratio, plan, _ = search_ratio(make_plan, macs_of, target)
+            if self.refine:
+                plan, _ = refine_to_target(plan, groups, scores, self.round_to, macs_of, target)
         else:
             plan = make_plan(ratio)
         ctx.gm, metrics = prune(ctx.gm, result, plan, ctx.example_inputs)

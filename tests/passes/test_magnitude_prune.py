@@ -79,6 +79,19 @@ def test_target_macs_halves_macs():
     assert 0 < rec.metrics["ratio"] < 1
 
 
+def test_target_macs_with_rounding_gives_channels_back_up_to_the_target():
+    # 16-wide layers with round_to=8: a uniform ratio can only keep 8 or 16 of each, and the first ratio
+    # under the target removes half of every layer (~25% of the MACs left); refining fills up to the target
+    model = randomize(nn.Sequential(cbr(3, 16), cbr(16, 16), cbr(16, 16), cbr(16, 16), nn.AdaptiveAvgPool2d(1),
+                                    nn.Flatten(), nn.Linear(16, 10)))
+    coarse = run(model, MagnitudePrune(target_macs=0.5, round_to=8, refine=False)).report.records[0]
+    fine = run(model, MagnitudePrune(target_macs=0.5, round_to=8)).report.records[0]
+    assert coarse.macs_after < 0.35 * coarse.macs_before
+    assert 0.4 * fine.macs_before < fine.macs_after <= 0.5 * fine.macs_before
+    out = run(model, MagnitudePrune(target_macs=0.5, round_to=8)).model
+    assert all(m.out_channels % 8 == 0 for m in out.modules() if isinstance(m, nn.Conv2d))
+
+
 def tiny_vit():
     from torchvision.models.vision_transformer import VisionTransformer
     return VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64,

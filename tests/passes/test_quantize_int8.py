@@ -181,7 +181,21 @@ def test_non_finite_calibration_batch(model, tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+def test_thin_input_conv_can_stay_float(model, tmp_path):
+    out = tmp_path / "float_stem.onnx"
+    result = fxcompress.compile(model, [QuantizeINT8(min_input_channels=4), ExportONNX(str(out))],
+                                torch.randn(1, 3, 16, 16), calib_loader=_calib(2), progress=False)
+    quant, export = result.report.records[0].metrics, result.report.records[-1].metrics
+    assert list(quant["kept_float"]) == ["stem.0"] and "3 input channel" in quant["kept_float"]["stem.0"]
+    assert quant["quantized_layers"] == 5 and 0.5 < export["int8_mac_fraction"] < 1.0
+    ops = [n.op_type for n in optimized_graph(str(out)).graph.node]
+    assert ops.count("QLinearConv") == 4 and sum(op in ("Conv", "FusedConv") for op in ops) == 1
+    assert export["top1_agreement"] >= 0.99
+
+
 def test_bad_options_fail_at_construction():
+    with pytest.raises(PassError, match="min_input_channels"):
+        QuantizeINT8(min_input_channels=0)
     with pytest.raises(PassError, match="unknown calibration method 'max'"):
         QuantizeINT8(method="max")
     with pytest.raises(PassError, match="calib_batches"):

@@ -1,0 +1,75 @@
+"""Empirical bias correction (Nagel et al., 2019; Finkelstein et al., 2019): rounding the weights to int8
+shifts the mean of each output channel; over the calibration data that shift is measured and taken
+out of the layer's bias, which the INT8 lowering stores as int32 at no cost.
+
+For a layer y = W x + b with fake-quantized weights W_q, the expected error of channel c is
+E[((W_q - W) x)_c], measured on the inputs the quantized model really feeds the layer.
+"""
+from __future__ import annotations
+
+from typing import Dict, Iterable, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .calibrate import batch_inputs
+
+
+def _weight_error(module: nn.Module) -> torch.Tensor:
+    with torch.no_grad():
+        return module.weight - module.parametrizations.weight.original
+
+
+def _output_shift(module: nn.Module, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """Sum over the batch (and positions) of (delta applied to x) per output channel, and the count of
+    terms; (None, 0) for layers this does not handle."""
+    if isinstance(module, nn.Linear):
+        y = F.linear(x, delta)
+        return y.reshape(-1, y.shape[-1]).sum(0), y.numel() // y.shape[-1]
+    conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}.get(delta.dim() - 2)
+    if conv is None or module.padding_mode != "zeros":
+        return None, 0   # not measured here (reflect/circular padding): left uncorrected
+    y = conv(x, delta, None, module.stride, module.padding, module.dilation, module.groups)
+    return y.transpose(0, 1).reshape(y.shape[1], -1).sum(1), y.numel() // y.shape[1]
+
+
+def correct_biases(model: nn.Module, modules: Dict[str, nn.Module], loader: Iterable,
+                   max_batches: Optional[int] = None, device=None) -> dict:
+    """Measure each quantized layer's mean output shift on `loader` and subtract it from its bias (a zero
+    bias is added where a layer has none). Returns {"bias_corrected_layers", "max_bias_shift"}."""
+    sums: Dict[str, torch.Tensor] = {}
+    counts: Dict[str, int] = {}
+    deltas = {name: _weight_error(m) for name, m in modules.items()}
+    handles = []
+    for name, m in modules.items():
+        def hook(mod, args, name=name):
+            with torch.no_grad():
+                s, n = _output_shift(mod, args[0], deltas[name])
+            if s is None:
+                return
+            sums[name] = sums.get(name, 0) + s.double()
+            counts[name] = counts.get(name, 0) + n
+        handles.append(m.register_forward_pre_hook(hook))
+    model.eval()
+    try:
+        with torch.no_grad():
+            for i, batch in enumerate(loader):
+                if max_batches is not None and i >= max_batches:
+                    break
+                inputs = batch_inputs(batch, f"calib_loader batch {i}")
+                model(*(t.to(device) if device is not None else t for t in inputs))
+    finally:
+        for h in handles:
+            h.remove()
+    largest = 0.0
+    for name, m in modules.items():
+        if name not in sums:
+            continue
+        shift = (sums[name] / max(counts[name], 1)).to(m.parametrizations.weight.original.dtype)
+        with torch.no_grad():
+            if m.bias is None:
+                m.bias = nn.Parameter(torch.zeros_like(shift))
+            m.bias -= shift
+        largest = max(largest, float(shift.abs().max()))
+    return {"bias_corrected_layers": len(sums), "max_bias_shift": largest}

@@ -1,0 +1,80 @@
+"""Core: shape recording on meta tensors (with its fallbacks) and the grouping of coupled dimensions."""
+import torch
+import torch.nn as nn
+import torchvision
+
+from fxcompress.channel_graph import _cat_on_meta, record_shapes
+from fxcompress.channel_rules import build_channel_graph
+from fxcompress.flops import count_macs
+from fxcompress.tracing import propagate_shapes, trace
+
+
+def _shapes(gm):
+    return {n.name: (tuple(m.shape), m.dtype) if hasattr((m := n.meta.get("tensor_meta")), "shape") else None
+            for n in gm.graph.nodes}
+
+
+def _record_both(model, x):
+    meta_gm, real_gm = trace(model.eval()), trace(model.eval())
+    record_shapes(meta_gm, (x,))
+    propagate_shapes(real_gm, (x,))
+    return _shapes(meta_gm), _shapes(real_gm)
+
+
+def test_meta_shapes_equal_a_real_run():
+    for name in ("densenet121", "mobilenet_v3_small", "shufflenet_v2_x0_5"):
+        model = torchvision.models.get_model(name, weights=None, num_classes=10)
+        meta, real = _record_both(model, torch.randn(2, 3, 64, 64))
+        assert meta == real, name
+
+
+def test_meta_run_leaves_parameters_real_and_modes_unchanged():
+    model = torchvision.models.resnet18(weights=None, num_classes=10).train()
+    gm = trace(model)
+    gm.train()
+    weights = {n: p for n, p in gm.named_parameters()}
+    record_shapes(gm, (torch.randn(1, 3, 32, 32),))
+    assert all(p.device.type == "cpu" and p is weights[n] for n, p in gm.named_parameters())
+    assert all(m.training for m in gm.modules())
+
+
+def test_data_dependent_graph_falls_back_to_a_real_run():
+    class DataDependent(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, padding=1)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return y * (y.abs().max().item() > 0)   # .item() has no value on meta tensors
+
+    meta, real = _record_both(DataDependent(), torch.randn(1, 3, 8, 8))
+    assert meta == real and meta["conv"] == ((1, 8, 8, 8), torch.float32)
+
+
+def test_cat_on_meta_matches_torch_cat():
+    cases = [([(1, 3, 4, 4), (1, 5, 4, 4)], 1), ([(2, 3), (4, 3)], 0), ([(1, 2, 5), (1, 2, 7)], -1),
+             ([(1, 3, 4, 4)], 1)]
+    for shapes, dim in cases:
+        real = torch.cat([torch.randn(s) for s in shapes], dim)
+        meta = _cat_on_meta([torch.empty(s, device="meta") for s in shapes], dim)
+        assert meta.shape == real.shape and meta.dtype == real.dtype
+
+
+def test_groups_are_deterministic_and_a_residual_stream_is_one_group():
+    model = torchvision.models.resnet18(weights=None, num_classes=10).eval()
+    x = torch.randn(1, 3, 32, 32)
+    results = []
+    for _ in range(2):
+        gm = trace(model)
+        record_shapes(gm, (x,))
+        results.append(build_channel_graph(gm).build_groups(count_macs(gm).per_node))
+    a, b = results
+    assert [(g.size, g.prunable, [(m.key, m.dim) for m in g.members]) for g in a.groups] == \
+        [(g.size, g.prunable, [(m.key, m.dim) for m in g.members]) for g in b.groups]
+    # the residual stream of layer1 is one group holding every conv that writes or reads it
+    stream = next(g for g in a.groups if any(m.key == "p:layer1.0.conv2.weight" and m.dim == 0 for m in g.members))
+    keys = {m.key for m in stream.members}
+    assert {"p:conv1.weight", "p:layer1.1.conv2.weight", "p:layer2.0.conv1.weight",
+            "p:layer2.0.downsample.0.weight"} <= keys
+    assert stream.size == 64 and stream.prunable
