@@ -274,7 +274,6 @@ class ChannelGraphBuilder:
         self.reasons: List[str] = []
         self.reason_index: Dict[str, int] = {}
         self.dim_edges: List[Tuple[Dim, Dim, str]] = []
-        self.touched: set = set()
         self.roles: Dict[Dim, str] = {}
         self.node_of_key: Dict[str, fx.Node] = {}
         self.param_users: Dict[str, List[fx.Node]] = {}
@@ -300,6 +299,13 @@ class ChannelGraphBuilder:
         return self.add_vertex(f"p:{name}", tensor.shape)
 
     # ---- couplings ------------------------------------------------------------------------------
+    def couple_whole(self, a: str, da: int, b: str, db: int, kind: str = "same") -> None:
+        """Position i of a[da] goes with position i of b[db] (equal sizes, checked by the caller)."""
+        self.whole_a.append(self.base[a][da])
+        self.whole_b.append(self.base[b][db])
+        if a != b or da != db:
+            self.dim_edges.append(((a, da), (b, db), kind))
+
     def couple(self, a: str, da: int, b: str, db: int, pa=None, pb=None, kind: str = "same") -> None:
         pa = None if pa is None else np.asarray(pa, dtype=np.int64)
         pb = None if pb is None else np.asarray(pb, dtype=np.int64)
@@ -313,8 +319,6 @@ class ChannelGraphBuilder:
             self.whole_b.append(ib)
         else:
             self.mapped.append((ia, pa, ib, pb))
-        self.touched.add((a, da))
-        self.touched.add((b, db))
         if (a, da) != (b, db):
             self.dim_edges.append(((a, da), (b, db), kind))
 
@@ -324,7 +328,6 @@ class ChannelGraphBuilder:
             self.reasons.append(reason)
         positions = None if positions is None else np.asarray(positions, dtype=np.int64)
         self.blocked.append((self.base[key][dim], positions, idx))
-        self.touched.add((key, dim))
 
     def block_all(self, key: str, reason: str) -> None:
         for d in range(len(self.shapes[key])):
@@ -417,7 +420,8 @@ class ChannelGraphBuilder:
         roles = self.roles
         # MACs and parameters one unit of a group carries: its share of every parameter member
         macs_of_key = {k: sum(node_macs.get(n.name, 0) for n in users) for k, users in self.param_users.items()}
-        macs_per_unit, params_per_unit = np.zeros(len(first)), np.zeros(len(first))
+        macs_per_unit, params_per_unit = [0.0] * len(first), [0.0] * len(first)
+        group_size = counts.tolist()
         for s, e, g, c in zip(starts_m.tolist(), ends_m.tolist(), g_id[starts_m].tolist(), d_id[starts_m].tolist()):
             positions, units = p_id[s:e], u_id[s:e]
             members = members_of.setdefault(g, [])
@@ -428,7 +432,7 @@ class ChannelGraphBuilder:
                     # parameters make their channel unless a rule says they only read it (input columns)
                     role = roles.get((key, dim), PRODUCER)
                     shape = self.shapes[key]
-                    frac = (e - s) / max(shape[dim], 1) / max(int(counts[g]), 1)
+                    frac = (e - s) / max(shape[dim], 1) / max(group_size[g], 1)
                     params_per_unit[g] += math.prod(shape) * frac
                     macs_per_unit[g] += macs_of_key.get(key, 0) * frac
                 members.append(Member(key, dim, positions, units, role))
@@ -442,7 +446,7 @@ class ChannelGraphBuilder:
                                  sorted(reasons_of.get(g, ())) if blocked else [])
             if blocked and not group.reasons:
                 group.reasons = ["coupled to a fixed dimension"]
-            group.macs_per_unit, group.params_per_unit = float(macs_per_unit[g]), float(params_per_unit[g])
+            group.macs_per_unit, group.params_per_unit = macs_per_unit[g], params_per_unit[g]
             groups.append(group)
         return ChannelGroupsResult(groups, list(zip(self.dim_keys, self.dim_sizes)), self.dim_edges, dict(self.shapes),
                                    dict(self.roles))

@@ -101,13 +101,15 @@ class RuleCtx:
     def same(self, a, da, b, db, kind="same") -> None:
         if a is None or b is None:
             return
-        da, db = da % self.rank(a), db % self.rank(b)
-        if self.shape(a)[da] != self.shape(b)[db]:
+        sa, sb = self.b.shapes[a], self.b.shapes[b]
+        da, db = da % len(sa), db % len(sb)
+        if sa[da] != sb[db]:
             self.block(a, da, f"{self.name}: sizes differ")
             self.block(b, db, f"{self.name}: sizes differ")
             return
-        self.b.couple(a, da, b, db, kind=kind)
-        self.local.update({(a, da), (b, db)})
+        self.b.couple_whole(a, da, b, db, kind)
+        self.local.add((a, da))
+        self.local.add((b, db))
 
     def couple(self, a, da, b, db, pa, pb, kind="map") -> None:
         if a is None or b is None:
