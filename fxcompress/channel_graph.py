@@ -335,9 +335,29 @@ class ChannelGraphBuilder:
 
     # ---- groups ---------------------------------------------------------------------------------
     def build_groups(self, node_macs: Dict[str, int]) -> ChannelGroupsResult:
+        classes = self._dimension_classes()
+        label, comp_reason = self._units(classes)
+        comps, group_of, group_blocked, unit_of, ids = self._group_units(classes, label, comp_reason)
+        counts = np.bincount(group_of, minlength=len(group_blocked))
+        members_of, macs, params = self._members(classes, label, comps, group_of, unit_of, ids, counts, node_macs)
+        reasons_of: Dict[int, set] = {}
+        blocked = comp_reason[comps] >= 0
+        for g, r in set(zip(group_of[blocked].tolist(), comp_reason[comps][blocked].tolist())):
+            reasons_of.setdefault(g, set()).add(self.reasons[r])
+        groups: List[ChannelGroup] = []
+        for g in range(len(group_blocked)):
+            fixed = bool(group_blocked[g])
+            group = ChannelGroup(g, int(counts[g]), members_of.get(g, []), not fixed,
+                                 sorted(reasons_of.get(g, ())) if fixed else [], macs[g], params[g])
+            if fixed and not group.reasons:
+                group.reasons = ["coupled to a fixed dimension"]
+            groups.append(group)
+        return ChannelGroupsResult(groups, list(zip(self.dim_keys, self.dim_sizes)), self.dim_edges, dict(self.shapes),
+                                   dict(self.roles))
+
+    def _dimension_classes(self) -> "_Classes":
+        """Dimensions coupled whole (position i to position i) form classes; each class gets one id range."""
         n_dims = len(self.dim_sizes)
-        dim_size = np.array(self.dim_sizes, dtype=np.int64)
-        # 1. dimensions coupled whole form classes; each class gets one id range
         if self.whole_a:
             ones = np.ones(len(self.whole_a), dtype=np.int8)
             _, cls = connected_components(coo_matrix((ones, (self.whole_a, self.whole_b)), shape=(n_dims, n_dims)),
@@ -345,87 +365,89 @@ class ChannelGraphBuilder:
         else:
             cls = np.arange(n_dims)
         n_cls = int(cls.max()) + 1 if n_dims else 0
-        cls_size = np.zeros(n_cls, dtype=np.int64)
-        cls_size[cls] = dim_size
-        cls_start = np.concatenate([[0], np.cumsum(cls_size)[:-1]]) if n_cls else cls_size
-        n = int(cls_size.sum())
+        size = np.zeros(n_cls, dtype=np.int64)
+        size[cls] = self.dim_sizes
+        start = np.concatenate([[0], np.cumsum(size)[:-1]]) if n_cls else size
+        return _Classes(cls, size, start, np.array(self.dim_sizes, dtype=np.int64))
 
-        def id_range(dim, positions):
-            base = cls_start[cls[dim]]
-            return base + (np.arange(dim_size[dim]) if positions is None else positions)
-
-        # 2. position-level couplings between classes: components are the units
+    def _units(self, classes: "_Classes") -> tuple:
+        """Union the ids position by position along the mapped couplings: the components are the units.
+        Returns (component of each id, first blocking reason of each component or -1)."""
+        n = classes.n_ids
         if self.mapped:
-            a = np.concatenate([id_range(da, pa) for da, pa, _, _ in self.mapped])
-            b = np.concatenate([id_range(db, pb) for _, _, db, pb in self.mapped])
+            a = np.concatenate([classes.ids(da, pa) for da, pa, _, _ in self.mapped])
+            b = np.concatenate([classes.ids(db, pb) for _, _, db, pb in self.mapped])
             adj = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(n, n))
             _, label = connected_components(adj, directed=False)
         else:
             label = np.arange(n)
-        # first blocking reason of every component
         comp_reason = np.full(label.max() + 1 if n else 0, -1, dtype=np.int64)
         if self.blocked:
-            blocked_ids = [id_range(dim, positions) for dim, positions, _ in self.blocked]
+            blocked_ids = [classes.ids(dim, positions) for dim, positions, _ in self.blocked]
             blocked_comps = label[np.concatenate(blocked_ids)]
             reasons = np.repeat([r for _, _, r in self.blocked], [len(i) for i in blocked_ids])
             comps, first = np.unique(blocked_comps, return_index=True)
             comp_reason[comps] = reasons[first]
-        # which class (and position in it) each id belongs to; which dimensions each class holds
-        dims = list(range(n_cls))   # below, "dimension" means a class of dimensions coupled whole
-        dim_of_id = np.repeat(np.arange(n_cls), cls_size)
-        pos_of_id = np.arange(n) - np.repeat(cls_start, cls_size)
+        return label, comp_reason
+
+    def _group_units(self, classes: "_Classes", label: np.ndarray, comp_reason: np.ndarray) -> tuple:
+        """A group is the set of units that touch exactly the same classes and share a fate (blocked or
+        not); units without a parameter are nobody's to prune and are dropped. Returns (units, group of
+        each unit, whether each group is blocked, index of each unit in its group, ids of kept units)."""
+        n_comps, n_cls = len(comp_reason), len(classes.size)
         is_param = np.zeros(n_cls, dtype=bool)
-        is_param[cls[np.array([k.startswith("p:") for k, _ in self.dim_keys], dtype=bool)]] = True
-        members_of_cls: List[List[int]] = [[] for _ in range(n_cls)]
-        for d, c in enumerate(cls.tolist()):
-            members_of_cls[c].append(d)
-        # a group is the set of components that touch exactly the same dimensions (and share a fate):
-        # hash each component's set of dimensions by summing one random 63-bit code per dimension
-        comp_has_param = np.zeros(len(comp_reason), dtype=bool)
-        comp_has_param[label[is_param[dim_of_id]]] = True
+        is_param[classes.cls[np.array([k.startswith("p:") for k, _ in self.dim_keys], dtype=bool)]] = True
+        comp_has_param = np.zeros(n_comps, dtype=bool)
+        comp_has_param[label[is_param[classes.cls_of_id]]] = True
         ids = np.nonzero(comp_has_param[label])[0]
-        # distinct (component, dimension) pairs: a sparse count matrix sums the duplicates in linear time
-        touch = coo_matrix((np.ones(len(ids), dtype=np.int32), (label[ids], dim_of_id[ids])),
-                           shape=(len(comp_reason), max(len(dims), 1))).tocsr()
+        # distinct (unit, class) pairs: a sparse count matrix sums the duplicates in linear time; each unit's
+        # set of classes is hashed by summing one random 62-bit code per class
+        touch = coo_matrix((np.ones(len(ids), dtype=np.int32), (label[ids], classes.cls_of_id[ids])),
+                           shape=(n_comps, max(n_cls, 1))).tocsr()
         touch.sum_duplicates()
-        pair_comp = np.repeat(np.arange(len(comp_reason)), np.diff(touch.indptr))
-        codes = np.random.default_rng(0).integers(1, 2 ** 62, size=len(dims), dtype=np.int64)
-        comp_sig = np.zeros(len(comp_reason), dtype=np.int64)
-        np.add.at(comp_sig, pair_comp, codes[touch.indices])
+        codes = np.random.default_rng(0).integers(1, 2 ** 62, size=max(n_cls, 1), dtype=np.int64)
+        signature = np.zeros(n_comps, dtype=np.int64)
+        np.add.at(signature, np.repeat(np.arange(n_comps), np.diff(touch.indptr)), codes[touch.indices])
         comps = np.nonzero(np.diff(touch.indptr))[0]
         comp_blocked = comp_reason[comps] >= 0
-        # the fate (blocked or not) is part of the key; groups are numbered in order of first appearance
-        keys = comp_sig[comps] ^ comp_blocked.astype(np.int64)
-        _, first, group_of = np.unique(keys, return_index=True, return_inverse=True)
+        # groups are numbered in order of first appearance
+        _, first, group_of = np.unique(signature[comps] ^ comp_blocked.astype(np.int64), return_index=True,
+                                       return_inverse=True)
         rank = np.empty(len(first), dtype=np.int64)
         rank[np.argsort(first, kind="stable")] = np.arange(len(first))
         group_of = rank[group_of.reshape(-1)]
         group_blocked = np.zeros(len(first), dtype=bool)
         group_blocked[group_of] = comp_blocked
-        # unit index of each component inside its group, in order of first appearance
+        # index of each unit inside its group, in order of first appearance
         order = np.argsort(group_of, kind="stable")
-        unit_of = np.empty(len(comps), dtype=np.int64)
         counts = np.bincount(group_of, minlength=len(first))
+        unit_of = np.empty(len(comps), dtype=np.int64)
         unit_of[order] = np.arange(len(comps)) - np.repeat(np.cumsum(counts) - counts, counts)
-        comp_index = np.full(len(comp_reason), -1, dtype=np.int64)
+        return comps, group_of, group_blocked, unit_of, ids
+
+    def _members(self, classes, label, comps, group_of, unit_of, ids, counts, node_macs) -> tuple:
+        """Members of each group (every dimension of every class it touches, with positions and units),
+        and the MACs and parameters one unit carries (its share of every parameter member)."""
+        comp_index = np.full(label.max() + 1 if len(label) else 0, -1, dtype=np.int64)
         comp_index[comps] = np.arange(len(comps))
         ci = comp_index[label[ids]]
-        g_id, u_id, d_id, p_id = group_of[ci], unit_of[ci], dim_of_id[ids], pos_of_id[ids]
-        order = np.lexsort((p_id, d_id, g_id))
-        g_id, u_id, d_id, p_id = g_id[order], u_id[order], d_id[order], p_id[order]
-        change = np.nonzero((np.diff(g_id) != 0) | (np.diff(d_id) != 0))[0] + 1
-        starts_m = np.concatenate([[0], change]) if len(g_id) else np.zeros(0, dtype=np.int64)
-        ends_m = np.concatenate([change, [len(g_id)]]) if len(g_id) else np.zeros(0, dtype=np.int64)
+        g_id, u_id, c_id, p_id = group_of[ci], unit_of[ci], classes.cls_of_id[ids], classes.pos_of_id[ids]
+        order = np.lexsort((p_id, c_id, g_id))
+        g_id, u_id, c_id, p_id = g_id[order], u_id[order], c_id[order], p_id[order]
+        change = np.nonzero((np.diff(g_id) != 0) | (np.diff(c_id) != 0))[0] + 1
+        starts = np.concatenate([[0], change]).astype(np.int64) if len(g_id) else np.zeros(0, dtype=np.int64)
+        ends = np.concatenate([change, [len(g_id)]]).astype(np.int64) if len(g_id) else starts
+        dims_of_class: List[List[int]] = [[] for _ in range(len(classes.size))]
+        for d, c in enumerate(classes.cls.tolist()):
+            dims_of_class[c].append(d)
+        macs_of_key = {k: sum(node_macs.get(n.name, 0) for n in users) for k, users in self.param_users.items()}
+        macs, params, group_size = [0.0] * len(counts), [0.0] * len(counts), counts.tolist()
         members_of: Dict[int, List[Member]] = {}
         roles = self.roles
-        # MACs and parameters one unit of a group carries: its share of every parameter member
-        macs_of_key = {k: sum(node_macs.get(n.name, 0) for n in users) for k, users in self.param_users.items()}
-        macs_per_unit, params_per_unit = [0.0] * len(first), [0.0] * len(first)
-        group_size = counts.tolist()
-        for s, e, g, c in zip(starts_m.tolist(), ends_m.tolist(), g_id[starts_m].tolist(), d_id[starts_m].tolist()):
+        for s, e, g, c in zip(starts.tolist(), ends.tolist(), g_id[starts].tolist(), c_id[starts].tolist()):
             positions, units = p_id[s:e], u_id[s:e]
             members = members_of.setdefault(g, [])
-            for d in members_of_cls[c]:
+            for d in dims_of_class[c]:
                 key, dim = self.dim_keys[d]
                 role = None
                 if key[0] == "p":
@@ -433,21 +455,32 @@ class ChannelGraphBuilder:
                     role = roles.get((key, dim), PRODUCER)
                     shape = self.shapes[key]
                     frac = (e - s) / max(shape[dim], 1) / max(group_size[g], 1)
-                    params_per_unit[g] += math.prod(shape) * frac
-                    macs_per_unit[g] += macs_of_key.get(key, 0) * frac
+                    params[g] += math.prod(shape) * frac
+                    macs[g] += macs_of_key.get(key, 0) * frac
                 members.append(Member(key, dim, positions, units, role))
-        reasons_of: Dict[int, set] = {}
-        for g, r in set(zip(group_of[comp_blocked].tolist(), comp_reason[comps][comp_blocked].tolist())):
-            reasons_of.setdefault(g, set()).add(self.reasons[r])
-        groups: List[ChannelGroup] = []
-        for g in range(len(first)):
-            blocked = bool(group_blocked[g])
-            group = ChannelGroup(len(groups), int(counts[g]), members_of.get(g, []), not blocked,
-                                 sorted(reasons_of.get(g, ())) if blocked else [])
-            if blocked and not group.reasons:
-                group.reasons = ["coupled to a fixed dimension"]
-            group.macs_per_unit, group.params_per_unit = macs_per_unit[g], params_per_unit[g]
-            groups.append(group)
-        return ChannelGroupsResult(groups, list(zip(self.dim_keys, self.dim_sizes)), self.dim_edges, dict(self.shapes),
-                                   dict(self.roles))
+        return members_of, macs, params
 
+
+@dataclass
+class _Classes:
+    """Classes of dimensions coupled whole, and the id range of each."""
+    cls: np.ndarray        # class of each dimension
+    size: np.ndarray       # positions in each class
+    start: np.ndarray      # first id of each class
+    dim_size: np.ndarray   # positions in each dimension
+
+    @property
+    def n_ids(self) -> int:
+        return int(self.size.sum())
+
+    @cached_property
+    def cls_of_id(self) -> np.ndarray:
+        return np.repeat(np.arange(len(self.size)), self.size)
+
+    @cached_property
+    def pos_of_id(self) -> np.ndarray:
+        return np.arange(self.n_ids) - np.repeat(self.start, self.size)
+
+    def ids(self, dim: int, positions: Optional[np.ndarray]) -> np.ndarray:
+        base = self.start[self.cls[dim]]
+        return base + (np.arange(self.dim_size[dim]) if positions is None else positions)
