@@ -140,7 +140,9 @@ def main(argv=None):
             os.makedirs(os.path.dirname(partial), exist_ok=True)
             with open(partial, "w") as f:
                 json.dump(rows, f)
-    return write(rows, args)
+    status = write(rows, args)
+    os.remove(partial)   # finished: the next run starts afresh instead of resuming from these rows
+    return status
 
 
 def write(rows, args) -> int:
