@@ -303,7 +303,7 @@ def main():
     print("|---|---|---|---|---|---|---|---|---|")
     for name, rows in results["models"].items():
         print("\n".join(summarize(name, rows, args)))
-    print(f"\n| model | calibrator | images | time s | peak RSS MB | RSS before MB | file MB | top-1 vs FP32 | int8 MACs |")
+    print("\n| model | calibrator | images | time s | peak RSS MB | RSS before MB | file MB | top-1 vs FP32 | int8 MACs |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name, rows in results["models"].items():
         for k in VARIANTS[1:] + ("fx_kl_big",):

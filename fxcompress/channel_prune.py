@@ -262,7 +262,6 @@ def _rewrite_conv_groups(node, s):
 
 def _rewrite_window_attention(node, s):
     """Swin attention: call window_attention with the head dims that are left and the original scale."""
-    args = list(node.args) + [None] * (13 - len(node.args))
     names = ["input", "qkv_weight", "proj_weight", "relative_position_bias", "window_size", "num_heads",
              "shift_size", "attention_dropout", "dropout", "qkv_bias", "proj_bias", "logit_scale", "training"]
     kw = dict(node.kwargs)

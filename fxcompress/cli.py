@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
 from typing import Callable, Tuple
 

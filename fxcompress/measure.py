@@ -6,7 +6,6 @@ import statistics
 import time
 from typing import Dict, Iterable
 
-import numpy as np
 import torch
 
 from .data.loader import unpack_batch

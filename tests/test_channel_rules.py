@@ -1,6 +1,5 @@
 """Core: reshape alignment, the rule registry's conservative defaults, and the dimension graph."""
 import networkx as nx
-import numpy as np
 import torch
 import torch.nn as nn
 

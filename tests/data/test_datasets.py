@@ -1,4 +1,3 @@
-import io
 import os
 import tarfile
 
@@ -8,7 +7,7 @@ import torch
 from PIL import Image
 
 from fxcompress import DataError
-from fxcompress.data import CIFAR10_CLASSES, cifar10, digits, image_folder
+from fxcompress.data import cifar10, digits, image_folder
 
 
 @pytest.fixture(autouse=True)

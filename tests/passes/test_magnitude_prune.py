@@ -1,5 +1,4 @@
 """MagnitudePrune: argument checks, ranking, rounding, ignore, MACs target; a CI-sized torchvision subset."""
-import numpy as np
 import pytest
 import torch
 import torch.nn as nn
