@@ -7,7 +7,6 @@ from typing import Iterable, Sequence
 
 import torch
 import torch.fx as fx
-from torch.fx._lazy_graph_module import _make_graph_module, _use_lazy_graph_module
 from torch.fx.passes.shape_prop import _extract_tensor_metadata
 from torch.utils import _pytree as pytree
 
@@ -55,9 +54,19 @@ def trace(model: torch.nn.Module, leaf_modules: Iterable = ()) -> fx.GraphModule
             f"cannot be traced: pass that module as a leaf, e.g. leaf_modules=[{module.split(' ')[0]!r}] "
             f"or its class, or rewrite the branch with torch.where."
         ) from e
-    # Python code for forward() is generated on first call, not here: analyses read only the graph
+    return _graph_module(tracer.root, graph, type(model).__name__)
+
+
+def _graph_module(root: torch.nn.Module, graph: fx.Graph, name: str) -> fx.GraphModule:
+    """A GraphModule whose Python code is generated on its first call, not here (a third of the time of
+    tracing a DenseNet; analyses read only the graph). torch's lazy module is private API: without it,
+    a plain GraphModule."""
+    try:
+        from torch.fx._lazy_graph_module import _make_graph_module, _use_lazy_graph_module
+    except ImportError:
+        return fx.GraphModule(root, graph, name)
     with _use_lazy_graph_module(True):
-        return _make_graph_module(tracer.root, graph, type(model).__name__)
+        return _make_graph_module(root, graph, name)
 
 
 class _ShapeRecorder(fx.Interpreter):

@@ -1,6 +1,7 @@
 import pytest
 import torch
 import torch.nn as nn
+import torchvision
 
 import fxcompress
 from fxcompress.tracing import node_shape, propagate_shapes, trace
@@ -56,3 +57,20 @@ def test_wrong_input_shape_names_the_node():
         fxcompress.compile(Wrapper(), [], torch.randn(1, 5, 8, 8), leaf_modules=["body"])
     msg = str(info.value)
     assert "'stem'" in msg and "(1, 5, 8, 8)" in msg and "While executing" not in msg
+
+
+def test_traced_module_is_a_full_graph_module_with_code_generated_on_demand():
+    import copy
+    import io
+
+    model = torchvision.models.resnet18(weights=None, num_classes=10).eval()
+    gm = trace(model)
+    x = torch.randn(2, 3, 32, 32)
+    assert isinstance(gm, torch.fx.GraphModule) and "def forward" in gm.code
+    clone = copy.deepcopy(gm)
+    buffer = io.BytesIO()
+    torch.save(gm.state_dict(), buffer)
+    buffer.seek(0)
+    clone.load_state_dict(torch.load(buffer, weights_only=True))
+    with torch.no_grad():
+        assert torch.equal(gm(x), model(x)) and torch.equal(clone(x), model(x))
