@@ -8,7 +8,7 @@ the FP32 ONNX model. Then pruning + INT8: MagnitudePrune to half the MACs (round
 distillation from the unpruned model, INT8 (kl): top-1 and latency against FP32 at batch 32 (interleaved
 medians).
 
-    python benchmarks/int8_cifar.py                       # ~10 min + fine-tuning (30 epochs, ~1.6 min each)
+    python benchmarks/int8_cifar.py                       # ~10 min + fine-tuning (40 epochs, ~1.6 min each)
     python benchmarks/int8_cifar.py --finetune-epochs 0   # skip training
     # fine-tune on a GPU machine, then measure on the CPU with the weights it wrote:
     python benchmarks/int8_cifar.py --prune-only --device cuda --pruned-checkpoint r20_pruned.pt
@@ -181,7 +181,7 @@ def prune_int8(model, calib, test, args, workdir: str, fp32_path: str) -> dict:
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--calib-images", type=int, default=512)
-    ap.add_argument("--finetune-epochs", type=int, default=30,
+    ap.add_argument("--finetune-epochs", type=int, default=40,
                     help="fine-tuning epochs after pruning (about 1.6 min each on 2 CPU cores, seconds on a GPU)")
     ap.add_argument("--lr", type=float, default=0.05, help="fine-tuning peak learning rate (cosine)")
     ap.add_argument("--no-distill", dest="distill", action="store_false",
