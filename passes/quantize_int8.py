@@ -14,7 +14,7 @@ from fxcompress.pass_base import TransformPass
 from fxcompress.quant.calibrate import calibrate
 from fxcompress.quant.bias_correction import correct_biases
 from fxcompress.quant.insert import insert_fake_quant, plan_quantization, weighted_modules
-from fxcompress.quant.lower import fold_weight_quantizers, quantize_biases
+from fxcompress.quant.lower import align_conv_input_channels, fold_weight_quantizers, quantize_biases
 from fxcompress.quant.observers import CalibrationConfig
 from fxcompress.quant.verify_export import compare_int8, make_export_check
 from fxcompress.verify import TOLERANCES
@@ -92,7 +92,8 @@ class QuantizeINT8(TransformPass):
         # the int8 weight initializers are named after the exported parameter; map them to layers
         quantized_weights = {f"{n.target}.parametrizations.weight.original": n.target for n in plan.weighted}
         folded = {}
-        ctx.onnx_rewrites.extend([lambda proto: fold_weight_quantizers(proto, folded), quantize_biases])
+        ctx.onnx_rewrites.extend([lambda proto: fold_weight_quantizers(proto, folded), quantize_biases,
+                                  align_conv_input_channels])
         ctx.export_tolerance["compare"] = compare_int8
         loader = _limited(ctx.calib_loader, self.calib_batches)
         ctx.export_checks.append(make_export_check(gm, loader, quantized_weights, layer_macs, flops.macs, folded,

@@ -132,6 +132,66 @@ def quantize_biases(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+INPUT_CHANNEL_ALIGNMENT = 4   # onnxruntime's fast symmetric int8 conv (MlasConvSym) needs input channels % 4 == 0
+
+
+def align_conv_input_channels(model: onnx.ModelProto, alignment: int = INPUT_CHANNEL_ALIGNMENT) -> onnx.ModelProto:
+    """Give quantized convs whose input channel count is not a multiple of `alignment` (an RGB stem: 3)
+    zero weight columns up to the next multiple, and pad their uint8 input with as many channels (of the
+    zero point) before it is dequantized. The result is the same (the extra channels meet zero weights);
+    onnxruntime then runs its indirect symmetric int8 kernel instead of a per-pixel im2col GEMM: resnet50's
+    7x7 stem took 9% of the INT8 time at batch 1 for 3% of the MACs."""
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers: Dict[str, int] = {}
+    for n in graph.node:
+        for name in n.input:
+            consumers[name] = consumers.get(name, 0) + 1
+    inserted: Dict[int, list] = {}
+    for index, node in enumerate(graph.node):
+        if node.op_type != "Conv" or any(a.name == "group" and a.i != 1 for a in node.attribute):
+            continue
+        x_dq, w_dq = producer.get(node.input[0]), producer.get(node.input[1])
+        if x_dq is None or w_dq is None or x_dq.op_type != "DequantizeLinear" or w_dq.op_type != "DequantizeLinear":
+            continue
+        w_init = inits.get(w_dq.input[0])
+        if w_init is None or consumers.get(w_init.name, 0) != 1 or w_init.data_type != onnx.TensorProto.INT8 \
+                or len(w_init.dims) < 3 or any(i not in inits for i in x_dq.input[1:]):
+            continue
+        channels = w_init.dims[1]
+        padded = -(-channels // alignment) * alignment
+        if padded == channels:
+            continue
+        w = numpy_helper.to_array(w_init)
+        widths = [(0, 0)] * w.ndim
+        widths[1] = (0, padded - channels)
+        w_init.CopyFrom(numpy_helper.from_array(np.pad(w, widths), w_init.name))
+        rank = w.ndim
+        pads = np.zeros(2 * rank, dtype=np.int64)
+        pads[rank + 1] = padded - channels          # end of the channel axis
+        tag = f"{node.name or node.output[0]}_aligned"
+        zero_point = x_dq.input[2] if len(x_dq.input) > 2 else None
+        if zero_point is None:
+            zero_point = f"{tag}_zero_point"
+            graph.initializer.append(numpy_helper.from_array(np.zeros((), dtype=np.uint8), zero_point))
+        graph.initializer.append(numpy_helper.from_array(pads, f"{tag}_pads"))
+        inserted[index] = [
+            helper.make_node("Pad", [x_dq.input[0], f"{tag}_pads", zero_point], [f"{tag}_q"], mode="constant",
+                             name=f"{tag}_Pad"),
+            helper.make_node("DequantizeLinear", [f"{tag}_q", x_dq.input[1], zero_point], [f"{tag}_dq"],
+                             name=f"{tag}_DequantizeLinear")]
+        node.input[0] = f"{tag}_dq"
+    if inserted:
+        nodes = []
+        for index, node in enumerate(graph.node):
+            nodes.extend(inserted.get(index, []))
+            nodes.append(node)
+        del graph.node[:]
+        graph.node.extend(nodes)
+    return model
+
+
 def optimized_graph(path: str, threads: int = 2) -> onnx.ModelProto:
     """The graph onnxruntime's CPU provider actually runs (all graph optimizations applied)."""
     from ..onnx_export import ort_session

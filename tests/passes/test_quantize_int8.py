@@ -1,5 +1,6 @@
 import os
 
+import numpy as np
 import onnx
 import pytest
 import torch
@@ -223,3 +224,37 @@ def test_qat_fine_tunes_through_training_loop(model, tmp_path):
                                 calib_loader=_calib(2), train_loader=_calib(2, seed=5), progress=False)
     assert result.report.records[0].metrics["qat_epochs"] == 1
     assert result.report.records[-1].metrics["int8_mac_fraction"] == 1.0
+
+
+def test_rgb_stem_is_padded_to_four_input_channels_with_identical_results(model, tmp_path):
+    from fxcompress.quant.lower import align_conv_input_channels
+    out = tmp_path / "aligned.onnx"
+    fxcompress.compile(model, [QuantizeINT8(), ExportONNX(str(out))], torch.randn(1, 3, 16, 16),
+                       calib_loader=_calib(2), progress=False)
+    aligned = onnx.load(str(out))
+    assert [n.op_type for n in aligned.graph.node].count("Pad") == 1
+    stem_weight = next(i for i in aligned.graph.initializer if i.data_type == onnx.TensorProto.INT8
+                       and len(i.dims) == 4 and i.dims[1] == 4)
+    assert stem_weight.dims[0] == 64
+    # undo the padding by hand: the same model with 3 input channels gives the same outputs, bit for bit
+    plain = onnx.load(str(out))
+    pad = next(n for n in plain.graph.node if n.op_type == "Pad")
+    dq = next(n for n in plain.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == pad.output[0])
+    conv = next(n for n in plain.graph.node if n.input and n.input[0] == dq.output[0])
+    conv.input[0] = next(n for n in plain.graph.node if n.op_type == "DequantizeLinear"
+                         and n.input[0] == pad.input[0]).output[0]
+    plain.graph.node.remove(pad)
+    plain.graph.node.remove(dq)
+    w = next(i for i in plain.graph.initializer if i.name == stem_weight.name)
+    w.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(w)[:, :3], w.name))
+    plain_path = tmp_path / "plain.onnx"
+    onnx.save(plain, str(plain_path))
+    x = torch.cat([b[0] for b in _synthetic(2, 8, seed=3)])
+    got = run_ort(ort_session(str(out)), (x,))[0]
+    expected = run_ort(ort_session(str(plain_path)), (x,))[0]
+    assert np.array_equal(got, expected)
+    ops = [n.op_type for n in optimized_graph(str(out)).graph.node]
+    assert ops.count("QLinearConv") == 5 and "Conv" not in ops
+    # aligned convs are left alone
+    again = align_conv_input_channels(onnx.load(str(out)))
+    assert [n.op_type for n in again.graph.node].count("Pad") == 1
