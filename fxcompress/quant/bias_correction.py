@@ -21,17 +21,21 @@ def _weight_error(module: nn.Module) -> torch.Tensor:
         return module.weight - module.parametrizations.weight.original
 
 
-def _output_shift(module: nn.Module, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+def _output_shift(module: nn.Module, x: torch.Tensor, delta: torch.Tensor) -> tuple:
     """Sum over the batch (and positions) of (delta applied to x) per output channel, and the count of
-    terms; (None, 0) for layers this does not handle."""
+    terms; (None, 0) for layers this does not handle. Linear in x, so it is computed on the batch mean:
+    one sample's worth of memory whatever the batch size."""
+    batch = x.shape[0] if x.dim() > 1 else 1
     if isinstance(module, nn.Linear):
-        y = F.linear(x, delta)
-        return y.reshape(-1, y.shape[-1]).sum(0), y.numel() // y.shape[-1]
+        rows = x.reshape(-1, x.shape[-1])
+        y = F.linear(rows.mean(0, keepdim=True), delta)
+        return y[0] * rows.shape[0], rows.shape[0]
     conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}.get(delta.dim() - 2)
     if conv is None or module.padding_mode != "zeros":
         return None, 0   # not measured here (reflect/circular padding): left uncorrected
-    y = conv(x, delta, None, module.stride, module.padding, module.dilation, module.groups)
-    return y.transpose(0, 1).reshape(y.shape[1], -1).sum(1), y.numel() // y.shape[1]
+    y = conv(x.mean(0, keepdim=True), delta, None, module.stride, module.padding, module.dilation, module.groups)
+    positions = y[0, 0].numel()
+    return y[0].reshape(y.shape[1], -1).sum(1) * batch, positions * batch
 
 
 def correct_biases(model: nn.Module, modules: Dict[str, nn.Module], loader: Iterable,
