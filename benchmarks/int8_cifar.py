@@ -119,10 +119,10 @@ def pruned_model(model, args, test):
     from fxcompress.io import atomic_output
     from fxcompress.passes import FineTune, MagnitudePrune
     from fxcompress.data import cifar10
-    result = fxcompress.compile(model, [MagnitudePrune(target_macs=0.5, round_to=8)], torch.randn(1, 3, 32, 32),
-                                progress=False)
+    result = fxcompress.compile(model, [MagnitudePrune(target_macs=0.5, round_to=8, min_channels=args.min_channels)],
+                                torch.randn(1, 3, 32, 32), progress=False)
     pruned, record = result.model, result.report.records[0]
-    info = {"macs_before": record.macs_before, "macs_after": record.macs_after,
+    info = {"macs_before": record.macs_before, "macs_after": record.macs_after, "min_channels": args.min_channels,
             "widths": [m.out_channels for m in pruned.modules() if isinstance(m, torch.nn.Conv2d)]}
     ckpt = args.pruned_checkpoint
     if ckpt and os.path.exists(ckpt) and not args.prune_only:
@@ -189,6 +189,11 @@ def main():
     ap.add_argument("--device", default="cpu", help="device for fine-tuning (cuda if you have one)")
     ap.add_argument("--pruned-checkpoint", default=None,
                     help="fine-tuned pruned weights: loaded if the file exists (no fine-tuning), else written")
+    ap.add_argument("--min-channels", type=int, default=1,
+                    help="MagnitudePrune min_channels (16 keeps onnxruntime's fast int8 conv kernel)")
+    ap.add_argument("--prune-int8-only", action="store_true",
+                    help="only the pruning + INT8 part (FP32 baseline included)")
+    ap.add_argument("--out", default=RESULTS, help="JSON results file")
     ap.add_argument("--max-steps-per-epoch", type=int, default=None, help=argparse.SUPPRESS)  # smoke tests
     ap.add_argument("--prune-only", action="store_true",
                     help="only prune + fine-tune and write --pruned-checkpoint (e.g. on a GPU machine)")
@@ -222,21 +227,23 @@ def main():
     variants = [(f"fx_{m}_{'per_channel' if pc else 'per_tensor'}", dict(method=m, per_channel=pc))
                 for pc in (True, False) for m in ("kl", "minmax", "percentile")]
     variants.append(("fx_kl_float_stem", dict(method="kl", min_input_channels=4)))   # the RGB conv kept in float
+    if args.prune_int8_only:
+        variants = []
     for name, kwargs in variants:
         path = os.path.join(workdir, f"{name}.onnx")
         rows[name] = fx_quantize(model, path, calib, **kwargs)
         rows[name]["top1"] = onnx_top1(path, test)
         rows[name]["file_kb"] = os.path.getsize(path) / 1024
         print(f"{name}: top-1 {rows[name]['top1']:.4f}", flush=True)
-    for method in ("minmax", "entropy"):
+    for method in (() if args.prune_int8_only else ("minmax", "entropy")):
         name, path = f"ort_{method}", os.path.join(workdir, f"ort_{method}.onnx")
         rows[name] = {"seconds": ort_quantize(fp32, path, calib, method, workdir)}
         rows[name]["top1"] = onnx_top1(path, test)
         rows[name]["file_kb"] = os.path.getsize(path) / 1024
         print(f"{name}: top-1 {rows[name]['top1']:.4f}", flush=True)
-    lat = interleaved_latency({"fp32": fp32, "fx_kl": os.path.join(workdir, "fx_kl_per_channel.onnx"),
-                               "ort_minmax": os.path.join(workdir, "ort_minmax.onnx")},
-                              torch.randn(32, 3, 32, 32), runs=args.runs)
+    lat = {} if args.prune_int8_only else interleaved_latency(
+        {"fp32": fp32, "fx_kl": os.path.join(workdir, "fx_kl_per_channel.onnx"),
+         "ort_minmax": os.path.join(workdir, "ort_minmax.onnx")}, torch.randn(32, 3, 32, 32), runs=args.runs)
     rows["prune_int8"] = prune_int8(model, calib, test, args, workdir, fp32)
 
     base = rows["fp32"]["top1"]
@@ -247,11 +254,13 @@ def main():
             continue
         print(f"| {name} | {100 * r['top1']:.2f} | {100 * (r['top1'] - base):+.2f} | {r['file_kb']:.0f} | "
               f"{r.get('int8_mac_fraction', '')} | {r.get('top1_agreement', '')} |")
-    kl, best_ort = rows["fx_kl_per_channel"]["top1"], max(rows["ort_minmax"]["top1"], rows["ort_entropy"]["top1"])
-    print(f"\nkl vs FP32: {100 * (kl - base):+.2f} points (target within 0.3): {'met' if base - kl <= 0.003 else 'MISSED'}; "
-          f"vs best ORT {100 * (kl - best_ort):+.2f} points: {'met' if kl >= best_ort else 'MISSED'}")
-    print(f"latency batch 32 (ms, medians): {', '.join(f'{k} {v:.2f}' for k, v in lat.items())}; "
-          f"fx_kl speed-up {lat['fp32'] / lat['fx_kl']:.2f}x")
+    if not args.prune_int8_only:
+        kl, best_ort = rows["fx_kl_per_channel"]["top1"], max(rows["ort_minmax"]["top1"], rows["ort_entropy"]["top1"])
+        print(f"\nkl vs FP32: {100 * (kl - base):+.2f} points (target within 0.3): "
+              f"{'met' if base - kl <= 0.003 else 'MISSED'}; "
+              f"vs best ORT {100 * (kl - best_ort):+.2f} points: {'met' if kl >= best_ort else 'MISSED'}")
+        print(f"latency batch 32 (ms, medians): {', '.join(f'{k} {v:.2f}' for k, v in lat.items())}; "
+              f"fx_kl speed-up {lat['fp32'] / lat['fx_kl']:.2f}x")
     p = rows["prune_int8"]
     ft = p.get("finetune", {})
     print(f"prune + INT8: MACs {p['macs_before'] / 1e6:.1f}M -> {p['macs_after'] / 1e6:.1f}M "
@@ -265,10 +274,10 @@ def main():
           f"pruned FP32 {p['speedup_pruned_fp32_b32']:.2f}x, pruned INT8 {p['speedup_vs_fp32_b32']:.2f}x faster than "
           f"FP32 (target 4x: {'met' if p['speedup_vs_fp32_b32'] >= 4 else 'MISSED'})")
     out = {"rows": rows, "latency_ms_b32": lat, "calib_images": args.calib_images}
-    os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
-    with open(RESULTS, "w") as f:
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
         json.dump(out, f, indent=1, default=float)
-    print(f"wrote {RESULTS}")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ def _rounded_keep(size: int, keep: int, round_to: int) -> int:
 
 
 def plan_from_scores(groups: List[ChannelGroup], scores: Dict[int, np.ndarray], ratio: float, round_to: int = 1,
-                     global_ranking: bool = False) -> Dict[int, np.ndarray]:
+                     global_ranking: bool = False, min_channels: int = 1) -> Dict[int, np.ndarray]:
     """Remove `ratio` of the units of each group (or, globally, the lowest `ratio` of all units, scores
     normalised per group), round kept counts up to a multiple of `round_to`, never empty a group."""
     keep_counts = {}
@@ -54,7 +54,7 @@ def plan_from_scores(groups: List[ChannelGroup], scores: Dict[int, np.ndarray], 
             keep_counts[g.id] = g.size - int(ratio * g.size)
     plan = {}
     for g in groups:
-        keep = _rounded_keep(g.size, keep_counts[g.id], round_to)
+        keep = max(_rounded_keep(g.size, keep_counts[g.id], round_to), min(g.size, min_channels))
         if keep < g.size:
             order = np.argsort(-scores[g.id], kind="stable")
             plan[g.id] = np.sort(order[:keep])

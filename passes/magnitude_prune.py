@@ -18,12 +18,14 @@ class MagnitudePrune(TransformPass):
     `ignore` stay whole. With `target_macs` (fraction of the current MACs to keep, e.g. 0.5), the ratio
     is searched so that the pruned model has at most that many MACs, then (`refine`) channels are given
     back `round_to` at a time, best first, while the MACs stay within the target (rounding otherwise
-    overshoots). Checked for exactness like PruneChannels."""
+    overshoots). No group is cut below `min_channels` (16 keeps onnxruntime's fast int8 conv kernel, which
+    needs 16 output channels). Checked for exactness like PruneChannels."""
 
     requires = (ChannelGroups,)
 
     def __init__(self, ratio: float = 0.5, norm: float = 1, round_to: int = 1, global_ranking: bool = False,
-                 ignore: Iterable[str] = (), target_macs: Optional[float] = None, refine: bool = True):
+                 ignore: Iterable[str] = (), target_macs: Optional[float] = None, refine: bool = True,
+                 min_channels: int = 1):
         if not isinstance(ratio, (int, float)) or not 0 <= ratio < 1:
             raise ValueError(f"MagnitudePrune ratio must be in [0, 1), got {ratio!r}")
         if not isinstance(norm, (int, float)) or norm <= 0:
@@ -33,11 +35,13 @@ class MagnitudePrune(TransformPass):
         if target_macs is not None and not 0 < target_macs < 1:
             raise ValueError(f"MagnitudePrune target_macs is the fraction of MACs to keep, in (0, 1); "
                              f"got {target_macs!r}")
+        if not isinstance(min_channels, int) or isinstance(min_channels, bool) or min_channels < 1:
+            raise ValueError(f"MagnitudePrune min_channels must be an integer >= 1, got {min_channels!r}")
         if isinstance(ignore, str):
             ignore = [ignore]
         self.ratio, self.norm, self.round_to = float(ratio), norm, round_to
         self.global_ranking, self.ignore, self.target_macs = global_ranking, tuple(ignore), target_macs
-        self.refine = refine
+        self.refine, self.min_channels = refine, min_channels
 
     def _groups(self, ctx, result):
         modules = dict(ctx.gm.named_modules())
@@ -56,7 +60,7 @@ class MagnitudePrune(TransformPass):
         scores = magnitude_scores(ctx.gm, result, groups, self.norm)
 
         def make_plan(ratio):
-            return plan_from_scores(groups, scores, ratio, self.round_to, self.global_ranking)
+            return plan_from_scores(groups, scores, ratio, self.round_to, self.global_ranking, self.min_channels)
 
         ratio = self.ratio
         if self.target_macs is not None:

@@ -16,7 +16,7 @@ def run(model, *passes, x=X):
 
 
 @pytest.mark.parametrize("kwargs", [{"ratio": -0.1}, {"ratio": 1.0}, {"ratio": "half"}, {"round_to": 0},
-                                    {"round_to": 2.5}, {"norm": 0}, {"target_macs": 1.5}])
+                                    {"round_to": 2.5}, {"norm": 0}, {"target_macs": 1.5}, {"min_channels": 0}])
 def test_bad_arguments_raise_value_error(kwargs):
     with pytest.raises(ValueError, match="MagnitudePrune"):
         MagnitudePrune(**kwargs)
@@ -89,6 +89,15 @@ def test_target_macs_with_rounding_gives_channels_back_up_to_the_target():
     assert 0.4 * fine.macs_before < fine.macs_after <= 0.5 * fine.macs_before
     out = run(model, MagnitudePrune(target_macs=0.5, round_to=8)).model
     assert all(m.out_channels % 8 == 0 for m in out.modules() if isinstance(m, nn.Conv2d))
+
+
+def test_min_channels_keeps_narrow_groups_whole():
+    model = randomize(nn.Sequential(cbr(3, 16), cbr(16, 32), cbr(32, 32), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                    nn.Linear(32, 10)))
+    out = run(model, MagnitudePrune(0.5, round_to=8, min_channels=16)).model
+    assert [m.out_channels for m in out.modules() if isinstance(m, nn.Conv2d)] == [16, 16, 16]
+    out = run(model, MagnitudePrune(0.75, round_to=8, min_channels=24)).model
+    assert [m.out_channels for m in out.modules() if isinstance(m, nn.Conv2d)] == [16, 24, 24]
 
 
 def tiny_vit():
