@@ -116,13 +116,13 @@ def quantize_biases(model: onnx.ModelProto) -> onnx.ModelProto:
         q = np.clip(np.rint(bias / scale), -2 ** 31, 2 ** 31 - 1).astype(np.int32)
         base = node.input[2]
         tag = f"{base}_{node.name or len(new_nodes)}"   # a bias may be shared by several layers (equal constants)
-        names = [f"{tag}_int32", f"{tag}_int32_scale", f"{tag}_int32_zero_point", f"{tag}_dequantized"]
-        graph.initializer.extend([numpy_helper.from_array(q, names[0]), numpy_helper.from_array(scale, names[1]),
-                                  numpy_helper.from_array(np.zeros_like(q), names[2])])
-        new_nodes.append(helper.make_node("DequantizeLinear", names[:3], [names[3]], axis=0,
+        names = [f"{tag}_int32", f"{tag}_int32_scale", f"{tag}_dequantized"]
+        graph.initializer.extend([numpy_helper.from_array(q, names[0]), numpy_helper.from_array(scale, names[1])])
+        # no zero point: it defaults to 0 (of the input's type), and a tensor of int32 zeros is 4 bytes a channel
+        new_nodes.append(helper.make_node("DequantizeLinear", names[:2], [names[2]], axis=0,
                                           name=f"{tag}_DequantizeLinear"))
         replaced.add(base)
-        node.input[2] = names[3]
+        node.input[2] = names[2]
     if new_nodes:
         nodes = new_nodes + list(graph.node)
         del graph.node[:]
