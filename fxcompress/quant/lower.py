@@ -149,6 +149,7 @@ def align_conv_input_channels(model: onnx.ModelProto, alignment: int = INPUT_CHA
         for name in n.input:
             consumers[name] = consumers.get(name, 0) + 1
     inserted: Dict[int, list] = {}
+    bypassed = []
     for index, node in enumerate(graph.node):
         if node.op_type != "Conv" or any(a.name == "group" and a.i != 1 for a in node.attribute):
             continue
@@ -182,11 +183,15 @@ def align_conv_input_channels(model: onnx.ModelProto, alignment: int = INPUT_CHA
             helper.make_node("DequantizeLinear", [f"{tag}_q", x_dq.input[1], zero_point], [f"{tag}_dq"],
                              name=f"{tag}_DequantizeLinear")]
         node.input[0] = f"{tag}_dq"
+        bypassed.append(x_dq)
     if inserted:
+        used = {name for n in graph.node for name in n.input} | {o.name for o in graph.output}
+        dead = {dq.output[0] for dq in bypassed if dq.output[0] not in used}   # its reader reads the padded copy
         nodes = []
         for index, node in enumerate(graph.node):
             nodes.extend(inserted.get(index, []))
-            nodes.append(node)
+            if not (node.op_type == "DequantizeLinear" and node.output[0] in dead):
+                nodes.append(node)
         del graph.node[:]
         graph.node.extend(nodes)
     return model
