@@ -26,7 +26,7 @@ import torchvision
 from tqdm import tqdm
 
 import fxcompress
-from fxcompress.channel_graph import record_shapes
+from fxcompress.meta_shapes import record_shapes
 from fxcompress.channel_rules import build_channel_graph
 from fxcompress.flops import count_macs
 from fxcompress.onnx_export import ort_session, save_checked, to_onnx_proto

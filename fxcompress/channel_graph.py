@@ -18,7 +18,6 @@ group records why (model input/output, an op the analysis does not understand, a
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -27,11 +26,8 @@ import networkx as nx
 import numpy as np
 import torch
 import torch.fx as fx
-import torch.nn as nn
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
-from torch.fx.passes.shape_prop import TensorMetadata, _extract_tensor_metadata
-from torch.utils import _pytree as pytree
 
 Dim = Tuple[str, int]
 
@@ -113,132 +109,6 @@ class ChannelGroupsResult:
                 "fixed_reasons": dict(sorted(fixed.items(), key=lambda kv: -kv[1])[:8])}
 
 
-def record_shapes(gm: fx.GraphModule, example_inputs) -> None:
-    """Record `tensor_meta` on every node without computing anything. First on the meta device (every
-    parameter, buffer and input swapped for a data-less twin: shapes only, a few ms for a ResNet-50);
-    a graph that meta tensors cannot run (data-dependent ops, tensors made on the CPU inside forward)
-    falls back to fake tensors, then to a real forward pass."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
-    from torch.fx.passes.shape_prop import ShapeProp
-
-    from .tracing import propagate_shapes
-    training = [m for m in gm.modules() if m.training]
-    for m in training:   # eval mode, touching only the modules that need it (nn.Module.eval walks them all)
-        m.training = False
-    try:
-        try:
-            with _on_meta(gm), torch.no_grad():
-                _record_on_meta(gm, [_meta_twin(x) for x in example_inputs])
-            return
-        except Exception:
-            pass
-        try:
-            prop = ShapeProp(gm)
-            # the real parameters take part as they are (no fake copy of the module): only inputs are fake
-            prop.fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
-            with torch.no_grad():
-                prop.propagate(*example_inputs)
-        except Exception:
-            propagate_shapes(gm, example_inputs)
-    finally:
-        for m in training:
-            m.training = True
-
-
-# modules whose output has the input's shape and dtype: skipped on meta tensors (torch runs BatchNorm's
-# meta kernel through Python decompositions, ~1.5 ms a call: most of DenseNet's shape time)
-SHAPE_PRESERVING = (nn.modules.batchnorm._BatchNorm, nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish,
-                    nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.Dropout, nn.Identity, nn.LayerNorm)
-
-
-def _record_on_meta(gm: fx.GraphModule, inputs) -> None:
-    """Run the graph node by node on meta tensors and record each node's tensor metadata. A plain loop,
-    not fx.Interpreter: its per-node bookkeeping costs more than a meta op. Any failure raises (the
-    caller falls back to fake tensors, then to a real run that names the failing node)."""
-    modules = dict(gm.named_modules())
-    env: Dict[fx.Node, object] = {}
-    inputs = iter(inputs)
-    load = env.__getitem__
-    for n in gm.graph.nodes:
-        if n.op == "placeholder":
-            value = next(inputs)
-        elif n.op == "output":
-            value = fx.node.map_arg(n.args[0], load)
-        elif n.op == "get_attr":
-            owner, _, attr = n.target.rpartition(".")
-            value = getattr(modules[owner], attr)
-        else:
-            args, kwargs = fx.node.map_arg(n.args, load), fx.node.map_arg(n.kwargs, load)
-            if n.target in _CAT:
-                value = _cat_on_meta(*args, **kwargs)
-            elif n.op == "call_function":
-                value = n.target(*args, **kwargs)
-            elif n.op == "call_method":
-                value = getattr(args[0], n.target)(*args[1:], **kwargs)
-            else:
-                module = modules[n.target]
-                x = args[0] if len(args) == 1 and not kwargs else None
-                if isinstance(module, SHAPE_PRESERVING) and isinstance(x, torch.Tensor) and x.is_floating_point():
-                    value = x
-                else:
-                    value = module(*args, **kwargs)
-        env[n] = value
-        if isinstance(value, torch.Tensor):
-            n.meta["tensor_meta"] = _tensor_metadata(value)
-        else:
-            meta = pytree.tree_map(lambda v: _tensor_metadata(v) if isinstance(v, torch.Tensor) else None, value)
-            if meta is not None:
-                n.meta["tensor_meta"] = meta
-        n.meta["type"] = type(value)
-
-
-_CAT = (torch.cat, torch.concat, torch.concatenate)
-
-
-def _cat_on_meta(tensors, dim=0, *, out=None):
-    """torch.cat's result on meta tensors, shape arithmetic only (its meta kernel runs through Python
-    references, ~0.4 ms a call: most of DenseNet's shape time). Anything unusual goes to torch.cat."""
-    tensors = list(tensors)
-    first = tensors[0] if tensors else None
-    if out is not None or first is None or any(t.dtype != first.dtype or t.dim() != first.dim() or t.numel() == 0
-                                               for t in tensors):
-        return torch.cat(tensors, dim) if out is None else torch.cat(tensors, dim, out=out)
-    d = dim % first.dim()
-    shape = list(first.shape)
-    if any(list(t.shape[:d]) + list(t.shape[d + 1:]) != shape[:d] + shape[d + 1:] for t in tensors):
-        return torch.cat(tensors, dim)   # let torch raise its own error
-    shape[d] = sum(t.shape[d] for t in tensors)
-    return torch.empty(shape, dtype=first.dtype, device="meta")
-
-
-def _tensor_metadata(t: torch.Tensor) -> TensorMetadata:
-    """fx's TensorMetadata; the common contiguous dense case without fx's three memory-format probes."""
-    if t.layout == torch.strided and not t.is_quantized and t.is_contiguous():
-        return TensorMetadata(t.shape, t.dtype, t.requires_grad, t.stride(), torch.contiguous_format, False, {})
-    return _extract_tensor_metadata(t)
-
-
-def _meta_twin(value):
-    return torch.empty_like(value, device="meta") if isinstance(value, torch.Tensor) else value
-
-
-@contextmanager
-def _on_meta(gm: fx.GraphModule):
-    """Swap every parameter and buffer of gm for a meta tensor of the same shape and dtype, then restore."""
-    saved = []
-    try:
-        for module in gm.modules():
-            for store in (module._parameters, module._buffers):
-                for name, t in store.items():
-                    if t is not None:
-                        saved.append((store, name, t))
-                        store[name] = _meta_twin(t)
-        yield
-    finally:
-        for store, name, t in saved:
-            store[name] = t
-
-
 def tensor_metas(node: fx.Node) -> Dict[str, tuple]:
     """Vertex key -> shape for each tensor a node produces (a tuple output gives one key per item)."""
     meta = node.meta.get("tensor_meta")
@@ -313,12 +183,10 @@ class ChannelGraphBuilder:
         nb = self.shapes[b][db] if pb is None else len(pb)
         if na != nb:
             raise ValueError(f"coupling {a}[{da}] ({na}) with {b}[{db}] ({nb}): lengths differ")
-        ia, ib = self.base[a][da], self.base[b][db]
         if pa is None and pb is None:
-            self.whole_a.append(ia)
-            self.whole_b.append(ib)
-        else:
-            self.mapped.append((ia, pa, ib, pb))
+            self.couple_whole(a, da, b, db, kind)
+            return
+        self.mapped.append((self.base[a][da], pa, self.base[b][db], pb))
         if (a, da) != (b, db):
             self.dim_edges.append(((a, da), (b, db), kind))
 

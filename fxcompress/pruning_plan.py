@@ -8,7 +8,8 @@ import numpy as np
 import torch
 import torch.fx as fx
 
-from .channel_graph import ChannelGroup, ChannelGroupsResult, record_shapes
+from .channel_graph import ChannelGroup, ChannelGroupsResult
+from .meta_shapes import record_shapes
 from .channel_prune import apply_plan
 from .flops import count_macs
 
@@ -71,8 +72,8 @@ def search_ratio(make_plan: Callable[[float], dict], macs_of: Callable[[dict], i
                  steps: int = 10) -> tuple:
     """Smallest ratio (bisection) whose plan brings MACs to at most `target_macs`; (ratio, plan, macs)."""
     lo, hi = 0.0, 0.99
-    best = (hi, make_plan(hi), None)
-    best = (hi, best[1], macs_of(best[1]))
+    plan = make_plan(hi)
+    best = (hi, plan, macs_of(plan))
     if best[2] > target_macs:
         return best
     for _ in range(steps):
@@ -86,16 +87,16 @@ def search_ratio(make_plan: Callable[[float], dict], macs_of: Callable[[dict], i
     return best
 
 
-def refine_to_target(plan: Dict[int, np.ndarray], groups: List[ChannelGroup], scores: Dict[int, np.ndarray],
-                     round_to: int, macs_of: Callable[[dict], int], target_macs: int, max_rounds: int = 4) -> tuple:
+def refine_to_target(plan: Dict[int, np.ndarray], macs: int, groups: List[ChannelGroup],
+                     scores: Dict[int, np.ndarray], round_to: int, macs_of: Callable[[dict], int], target_macs: int,
+                     max_rounds: int = 4) -> tuple:
     """Give channels back, `round_to` at a time, while MACs stay within `target_macs`: rounding makes a
     uniform ratio jump past the target (ResNet-20 with round_to=8: every 16-wide layer goes to 8 at once,
     25% of the MACs left for a 50% target). Candidates are tried best first, by the score of the channels
     they restore relative to their group's mean (as in global ranking); each is checked exactly.
-    Returns (plan, macs)."""
+    `macs` is the MACs of `plan` (known from the search). Returns (plan, macs)."""
     by_id = {g.id: g for g in groups}
     plan = {gid: np.asarray(kept) for gid, kept in plan.items()}
-    macs = macs_of(plan)
     for _ in range(max_rounds):
         candidates = []
         for gid, kept in plan.items():

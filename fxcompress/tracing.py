@@ -7,7 +7,7 @@ from typing import Iterable, Sequence
 
 import torch
 import torch.fx as fx
-from torch.fx.passes.shape_prop import _extract_tensor_metadata
+from torch.fx.passes.shape_prop import TensorMetadata, _extract_tensor_metadata
 from torch.utils import _pytree as pytree
 
 from .errors import ShapeError, TraceError
@@ -83,15 +83,26 @@ class _ShapeRecorder(fx.Interpreter):
                 f"node {n.name!r} ({n.op} {_target_name(n)}) failed on inputs of shapes {shapes}: "
                 f"{type(e).__name__}: {message}. Check that example_inputs have the shape the model expects."
             ) from e
-        if isinstance(result, torch.Tensor):  # the common case, without pytree's walk
-            meta = _extract_tensor_metadata(result)
-        else:
-            meta = pytree.tree_map(lambda v: _extract_tensor_metadata(v) if isinstance(v, torch.Tensor) else None,
-                                   result)
+        record_node_meta(n, result)
+        return result
+
+
+def record_node_meta(n: fx.Node, value) -> None:
+    """Store fx's `tensor_meta` (one TensorMetadata, or a structure of them for tuple outputs) and `type`."""
+    if isinstance(value, torch.Tensor):   # the common case, without pytree's walk
+        n.meta["tensor_meta"] = tensor_metadata(value)
+    else:
+        meta = pytree.tree_map(lambda v: tensor_metadata(v) if isinstance(v, torch.Tensor) else None, value)
         if meta is not None:
             n.meta["tensor_meta"] = meta
-        n.meta["type"] = type(result)
-        return result
+    n.meta["type"] = type(value)
+
+
+def tensor_metadata(t: torch.Tensor) -> TensorMetadata:
+    """fx's TensorMetadata; the common contiguous dense case without fx's three memory-format probes."""
+    if t.layout == torch.strided and not t.is_quantized and t.is_contiguous():
+        return TensorMetadata(t.shape, t.dtype, t.requires_grad, t.stride(), torch.contiguous_format, False, {})
+    return _extract_tensor_metadata(t)
 
 
 def _target_name(n: fx.Node) -> str:

@@ -1,7 +1,8 @@
 """ChannelGroups: which channels of the model must be pruned together (see fxcompress.channel_graph)."""
 from __future__ import annotations
 
-from fxcompress.channel_graph import ChannelGroupsResult, record_shapes
+from fxcompress.channel_graph import ChannelGroupsResult
+from fxcompress.meta_shapes import record_shapes
 from fxcompress.channel_prune import probe_groups
 from fxcompress.channel_rules import build_channel_graph
 from fxcompress.pass_base import AnalysisPass

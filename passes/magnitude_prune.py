@@ -66,9 +66,9 @@ class MagnitudePrune(TransformPass):
         if self.target_macs is not None:
             target = int(self.target_macs * ctx.flops().macs)
             macs_of = lambda p: macs_of_plan(ctx.gm, result, p, ctx.example_inputs)  # noqa: E731
-            ratio, plan, _ = search_ratio(make_plan, macs_of, target)
-            if self.refine:
-                plan, _ = refine_to_target(plan, groups, scores, self.round_to, macs_of, target)
+            ratio, plan, macs = search_ratio(make_plan, macs_of, target)
+            if self.refine and macs <= target:
+                plan, _ = refine_to_target(plan, macs, groups, scores, self.round_to, macs_of, target)
         else:
             plan = make_plan(ratio)
         ctx.gm, metrics = prune(ctx.gm, result, plan, ctx.example_inputs)

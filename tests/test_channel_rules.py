@@ -2,8 +2,9 @@
 import networkx as nx
 import torch
 import torch.nn as nn
+import torchvision
 
-from fxcompress.channel_graph import record_shapes
+from fxcompress.meta_shapes import record_shapes
 from fxcompress.channel_rules import FUNCTION_RULES, METHOD_RULES, MODULE_RULES, _align_blocks, build_channel_graph
 from fxcompress.flops import count_macs
 from fxcompress.tracing import trace
@@ -103,3 +104,17 @@ def test_plain_slice_keeps_the_rest_prunable():
         reader = next(m for m in g.members if m.key in ("p:b.weight", "p:c.weight") and m.dim == 1)
         offset = 0 if reader.key == "p:b.weight" else 5
         assert sorted(a_rows.positions) == sorted(reader.positions + offset)
+
+
+def test_groups_are_deterministic_and_a_residual_stream_is_one_group():
+    model = torchvision.models.resnet18(weights=None, num_classes=10)
+    x = torch.randn(1, 3, 32, 32)
+    a, b = groups(model, x), groups(model, x)
+    assert [(g.size, g.prunable, [(m.key, m.dim) for m in g.members]) for g in a.groups] == \
+        [(g.size, g.prunable, [(m.key, m.dim) for m in g.members]) for g in b.groups]
+    # the residual stream of layer1 is one group holding every conv that writes or reads it
+    stream = next(g for g in a.groups if any(m.key == "p:layer1.0.conv2.weight" and m.dim == 0 for m in g.members))
+    keys = {m.key for m in stream.members}
+    assert {"p:conv1.weight", "p:layer1.1.conv2.weight", "p:layer2.0.conv1.weight",
+            "p:layer2.0.downsample.0.weight"} <= keys
+    assert stream.size == 64 and stream.prunable

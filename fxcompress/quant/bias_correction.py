@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .calibrate import batch_inputs
+from .calibrate import model_inputs
 
 
 def _weight_error(module: nn.Module) -> torch.Tensor:
@@ -58,11 +58,8 @@ def correct_biases(model: nn.Module, modules: Dict[str, nn.Module], loader: Iter
     model.eval()
     try:
         with torch.no_grad():
-            for i, batch in enumerate(loader):
-                if max_batches is not None and i >= max_batches:
-                    break
-                inputs = batch_inputs(batch, f"calib_loader batch {i}")
-                model(*(t.to(device) if device is not None else t for t in inputs))
+            for inputs in model_inputs(loader, max_batches, device):
+                model(*inputs)
     finally:
         for h in handles:
             h.remove()

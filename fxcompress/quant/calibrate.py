@@ -29,6 +29,16 @@ def check_batch(inputs: Sequence[torch.Tensor], where: str) -> None:
             raise DataError(f"{where} contains NaN or Inf: clean the calibration data")
 
 
+def model_inputs(loader: Iterable, max_batches: Optional[int] = None, device=None):
+    """The model inputs of each loader batch (the first `max_batches`), checked finite, on `device`."""
+    for i, batch in enumerate(loader):
+        if max_batches is not None and i >= max_batches:
+            return
+        inputs = batch_inputs(batch, f"calib_loader batch {i}")
+        check_batch(inputs, f"calib_loader batch {i}")
+        yield inputs if device is None else tuple(t.to(device) for t in inputs)
+
+
 def calibrate(model: torch.nn.Module, loader: Iterable, quantizers: Dict[str, ActivationQuantizer],
               max_batches: Optional[int] = None, device=None, progress: bool = True) -> dict:
     """Feed `loader` through `model` with every quantizer observing; return counts."""
@@ -38,13 +48,8 @@ def calibrate(model: torch.nn.Module, loader: Iterable, quantizers: Dict[str, Ac
     batches = samples = 0
     total = max_batches if max_batches is not None else (len(loader) if hasattr(loader, "__len__") else None)
     with torch.no_grad():
-        for i, batch in enumerate(tqdm(loader, desc="calibrating", total=total, leave=False, disable=not progress)):
-            if max_batches is not None and i >= max_batches:
-                break
-            inputs = batch_inputs(batch, f"calib_loader batch {i}")
-            check_batch(inputs, f"calib_loader batch {i}")
-            if device is not None:
-                inputs = tuple(t.to(device) for t in inputs)
+        bar = tqdm(loader, desc="calibrating", total=total, leave=False, disable=not progress)
+        for inputs in model_inputs(bar, max_batches, device):
             model(*inputs)
             batches += 1
             samples += inputs[0].shape[0] if inputs[0].dim() else 1
