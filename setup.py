@@ -1,4 +1,4 @@
-from setuptools import setup
+from setuptools import find_packages, setup
 
 setup(
     name="fxcompress",
@@ -6,7 +6,7 @@ setup(
     description="A model-compression compiler for PyTorch built on torch.fx: pruning, distillation, INT8, ONNX.",
     python_requires=">=3.10",
     # passes/ lives at the top of the repository but installs as fxcompress.passes: never as `passes`.
-    packages=["fxcompress", "fxcompress.models", "fxcompress.data", "fxcompress.quant", "fxcompress.passes"],
+    packages=[*find_packages(include=["fxcompress", "fxcompress.*"]), "fxcompress.passes"],
     package_dir={"fxcompress": "fxcompress", "fxcompress.passes": "passes"},
     install_requires=[
         "torch>=2.4", "numpy", "networkx", "onnx", "onnxruntime", "onnxscript", "tqdm", "Pillow", "matplotlib",

@@ -27,7 +27,7 @@ import time
 
 import torch
 
-from fxcompress.training import TrainHook
+from fxcompress.train.loop import TrainHook
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -116,7 +116,7 @@ def pruned_model(model, args, test):
     then fine-tuning with distillation from the unpruned model on args.device, or the weights of an earlier
     fine-tuning from --pruned-checkpoint. Returns (model, info)."""
     import fxcompress
-    from fxcompress.io import atomic_output
+    from fxcompress.core.files import atomic_output
     from fxcompress.passes import FineTune, MagnitudePrune
     from fxcompress.data import cifar10
     result = fxcompress.compile(model, [MagnitudePrune(target_macs=0.5, round_to=8, min_channels=args.min_channels)],
@@ -157,8 +157,8 @@ def pruned_model(model, args, test):
 
 def prune_int8(model, calib, test, args, workdir: str, fp32_path: str) -> dict:
     import fxcompress
-    from fxcompress.measure import interleaved_latency, onnx_top1
-    from fxcompress.onnx_export import to_onnx_proto
+    from fxcompress.onnx.measure import interleaved_latency, onnx_top1
+    from fxcompress.onnx.write import to_onnx_proto
     from fxcompress.passes import ExportONNX, QuantizeINT8
     from fxcompress.quant.lower import inline_constant_identities
     import onnx
@@ -202,8 +202,8 @@ def main():
     args = ap.parse_args()
     import onnx
     from fxcompress.data import cifar10
-    from fxcompress.measure import interleaved_latency, onnx_top1
-    from fxcompress.onnx_export import to_onnx_proto
+    from fxcompress.onnx.measure import interleaved_latency, onnx_top1
+    from fxcompress.onnx.write import to_onnx_proto
     from fxcompress.quant.lower import inline_constant_identities
 
     workdir = args.workdir or tempfile.mkdtemp(prefix="int8_cifar_")

@@ -71,12 +71,12 @@ def main():
     args = ap.parse_args()
     import onnx
     import fxcompress
-    from fxcompress.flops import count_macs
-    from fxcompress.measure import interleaved_latency
-    from fxcompress.models.calibrate_bn import recalibrate_batchnorm
-    from fxcompress.onnx_export import to_onnx_proto
+    from fxcompress.graph.macs import count_macs
+    from fxcompress.onnx.measure import interleaved_latency
+    from fxcompress.models.random_init import recalibrate_batchnorm
+    from fxcompress.onnx.write import to_onnx_proto
     from fxcompress.passes import ExportONNX, FoldBatchNorm, QuantizeINT8
-    from fxcompress.tracing import propagate_shapes, trace
+    from fxcompress.graph.tracing import propagate_shapes, trace
 
     torch.manual_seed(0)
     calib = [(torch.randn(32, 3, 32, 32), torch.zeros(32, dtype=torch.long)) for _ in range(2)]

@@ -65,7 +65,7 @@ def reset_peak_rss() -> None:
 def build_model(name: str):
     import torch
     import torchvision
-    from fxcompress.models.calibrate_bn import recalibrate_batchnorm
+    from fxcompress.models.random_init import recalibrate_batchnorm
     torch.manual_seed(0)
     model = getattr(torchvision.models, name)(weights=None)
     return recalibrate_batchnorm(model, (1, 3, 224, 224), batches=4, batch_size=8).eval()
@@ -153,7 +153,7 @@ def calibrate_ort(model: str, method: str, n: int, workdir: str) -> dict:
 def calibrate_fx(model: str, method: str, n: int, workdir: str, export: bool) -> dict:
     import torch
     import fxcompress
-    from fxcompress.pass_base import AnalysisPass
+    from fxcompress.core.pass_base import AnalysisPass
     from fxcompress.passes import ExportONNX, QuantizeINT8
 
     net = build_model(model)
@@ -204,7 +204,7 @@ def run_calibrator(kind: str, model: str, method: str, n: int, workdir: str, exp
 
 def agreement(paths: dict, workdir: str, n: int = 32) -> dict:
     """Top-1 agreement with FP32 and relative output error on held-out random inputs."""
-    from fxcompress.onnx_export import ort_session
+    from fxcompress.onnx.runtime import ort_session
     x = images(workdir, n, seed=2)
     ref = ort_session(paths["fp32"]).run(None, {"input": x})[0]
     out = {}
@@ -220,7 +220,7 @@ def agreement(paths: dict, workdir: str, n: int = 32) -> dict:
 def rotated_latency(paths: dict, example, runs: int) -> dict:
     """Median latency per variant over interleaved rounds, repeated with the variants' order rotated so
     that no variant always follows the same neighbour (ORT thread pools spin briefly after a run)."""
-    from fxcompress.measure import interleaved_latency
+    from fxcompress.onnx.measure import interleaved_latency
     names = list(paths)
     per_rotation = max(runs // len(names), 2)
     samples = {k: [] for k in names}
@@ -234,7 +234,7 @@ def rotated_latency(paths: dict, example, runs: int) -> dict:
 
 def bench_model(name: str, args, workdir: str) -> dict:
     import torch
-    from fxcompress.onnx_export import to_onnx_proto
+    from fxcompress.onnx.write import to_onnx_proto
     from fxcompress.quant.lower import inline_constant_identities
     import onnx
 
@@ -337,7 +337,7 @@ def _file_names_only(o):
 
 def save(results: dict, path: str) -> None:
     results = _file_names_only(results)
-    from fxcompress.io import atomic_write_text
+    from fxcompress.core.files import atomic_write_text
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     atomic_write_text(path, json.dumps(results, indent=1, default=float))
 

@@ -18,9 +18,9 @@ import torch
 import torchvision
 
 import fxcompress
-from fxcompress.io import atomic_write_text
-from fxcompress.measure import interleaved_latency
-from fxcompress.models.calibrate_bn import recalibrate_batchnorm
+from fxcompress.core.files import atomic_write_text
+from fxcompress.onnx.measure import interleaved_latency
+from fxcompress.models.random_init import recalibrate_batchnorm
 from fxcompress.passes import CountFlops, ExportONNX, FoldBatchNorm, MagnitudePrune, QuantizeINT8
 
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -26,12 +26,13 @@ import torchvision
 from tqdm import tqdm
 
 import fxcompress
-from fxcompress.meta_shapes import record_shapes
-from fxcompress.channel_rules import build_channel_graph
-from fxcompress.flops import count_macs
-from fxcompress.onnx_export import ort_session, save_checked, to_onnx_proto
+from fxcompress.graph.shapes import record_shapes
+from fxcompress.prune.coupling import build_channel_graph
+from fxcompress.graph.macs import count_macs
+from fxcompress.onnx.runtime import ort_session
+from fxcompress.onnx.write import save_checked, to_onnx_proto
 from fxcompress.passes import ExportONNX, MagnitudePrune
-from fxcompress.tracing import propagate_shapes, trace
+from fxcompress.graph.tracing import propagate_shapes, trace
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 

@@ -1,10 +1,10 @@
 """fxcompress: a model-compression compiler for PyTorch built on torch.fx."""
-from .compiler import CompileResult, compile
-from .context import PassContext
-from .errors import (CheckpointError, DataError, ExportError, FxCompressError, ModelNotFoundError, PassError,
+from .core.compiler import CompileResult, compile
+from .core.context import PassContext
+from .core.errors import (CheckpointError, DataError, ExportError, FxCompressError, ModelNotFoundError, PassError,
                      ShapeError, TraceError, VerificationError)
-from .pass_base import AnalysisPass, LoweringPass, Pass, TransformPass
-from .tracing import propagate_shapes, trace
+from .core.pass_base import AnalysisPass, LoweringPass, Pass, TransformPass
+from .graph.tracing import propagate_shapes, trace
 
 __version__ = "0.1.0"
 

@@ -12,7 +12,7 @@ import os
 
 import torch
 
-from .cli import run_cli
+from .cli.common import run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,9 +41,9 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from . import compile, passes
     from .data import digits
-    from .measure import interleaved_latency, onnx_top1
+    from .onnx.measure import interleaved_latency, onnx_top1
     from .models import get_model
-    from .training import TrainConfig, evaluate, fit
+    from .train.loop import TrainConfig, evaluate, fit
 
     os.makedirs(args.out_dir, exist_ok=True)
     torch.manual_seed(args.seed)
@@ -77,7 +77,7 @@ def main(argv=None) -> int:
     print(f"\nspeed-up {speedup:.2f}x, MACs reduction {rows[0]['macs'] / rows[1]['macs']:.2f}x, "
           f"size {rows[0]['onnx_bytes'] / rows[1]['onnx_bytes']:.2f}x smaller "
           f"(onnxruntime, 2 threads, medians of 50 interleaved runs)")
-    from .io import atomic_write_text
+    from .core.files import atomic_write_text
     atomic_write_text(os.path.join(args.out_dir, "report.json"),
                       json.dumps({"summary": rows, "speedup": speedup, "report": result.report.to_dict()},
                                  indent=2, default=str))

@@ -6,9 +6,10 @@ from typing import Optional
 
 import torch
 
-from fxcompress.onnx_export import ort_session, run_ort, save_checked, to_onnx_proto
-from fxcompress.pass_base import LoweringPass
-from fxcompress.verify import TOLERANCES, compare_outputs
+from fxcompress.onnx.runtime import ort_session, run_ort
+from fxcompress.onnx.write import save_checked, to_onnx_proto
+from fxcompress.core.pass_base import LoweringPass
+from fxcompress.core.verify import TOLERANCES, compare_outputs
 
 
 class ExportONNX(LoweringPass):

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from fxcompress.pass_base import TransformPass
-from fxcompress.training import TrainConfig, TrainHook, evaluate, fit
+from fxcompress.core.pass_base import TransformPass
+from fxcompress.train.loop import TrainConfig, TrainHook, evaluate, fit
 
 
 class FineTune(TransformPass):

@@ -1,8 +1,8 @@
 """CountFlops: MACs and parameters of the current graph, with the heaviest nodes, for the report."""
 from __future__ import annotations
 
-from fxcompress.flops import FlopsResult
-from fxcompress.pass_base import AnalysisPass
+from fxcompress.graph.macs import FlopsResult
+from fxcompress.core.pass_base import AnalysisPass
 
 
 class CountFlops(AnalysisPass):

@@ -1,8 +1,8 @@
 """FoldBatchNorm: merge every eval-mode BatchNorm into the conv/linear that feeds it (exact)."""
 from __future__ import annotations
 
-from fxcompress.bn_fold import fold_batchnorms
-from fxcompress.pass_base import TransformPass
+from fxcompress.fold.batchnorm import fold_batchnorms
+from fxcompress.core.pass_base import TransformPass
 
 
 class FoldBatchNorm(TransformPass):

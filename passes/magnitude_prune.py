@@ -3,10 +3,9 @@ from __future__ import annotations
 
 from typing import Iterable, Optional
 
-from fxcompress.channel_prune import prune
-from fxcompress.pass_base import TransformPass
-from fxcompress.pruning_plan import (macs_of_plan, magnitude_scores, plan_from_scores, refine_to_target,
-                                     search_ratio)
+from fxcompress.prune.apply import prune
+from fxcompress.core.pass_base import TransformPass
+from fxcompress.prune.plan import PlanMacs, magnitude_scores, plan_from_scores, refine_to_target, search_ratio
 
 from .channel_groups import ChannelGroups
 
@@ -65,7 +64,7 @@ class MagnitudePrune(TransformPass):
         ratio = self.ratio
         if self.target_macs is not None:
             target = int(self.target_macs * ctx.flops().macs)
-            macs_of = lambda p: macs_of_plan(ctx.gm, result, p, ctx.example_inputs)  # noqa: E731
+            macs_of = PlanMacs(ctx.gm, result)
             ratio, plan, macs = search_ratio(make_plan, macs_of, target)
             if self.refine and macs <= target:
                 plan, _ = refine_to_target(plan, macs, groups, scores, self.round_to, macs_of, target)

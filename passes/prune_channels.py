@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
-from fxcompress.channel_prune import prune
-from fxcompress.pass_base import TransformPass
+from fxcompress.prune.apply import prune
+from fxcompress.core.pass_base import TransformPass
 
 from .channel_groups import ChannelGroups
 

@@ -8,16 +8,16 @@ from typing import Optional
 
 import torch.nn as nn
 
-from fxcompress.bn_fold import fold_batchnorms
-from fxcompress.errors import PassError
-from fxcompress.pass_base import TransformPass
+from fxcompress.fold.batchnorm import fold_batchnorms
+from fxcompress.core.errors import PassError
+from fxcompress.core.pass_base import TransformPass
 from fxcompress.quant.calibrate import calibrate
 from fxcompress.quant.bias_correction import correct_biases
 from fxcompress.quant.insert import insert_fake_quant, plan_quantization, weighted_modules
 from fxcompress.quant.lower import align_conv_input_channels, fold_weight_quantizers, quantize_biases
 from fxcompress.quant.observers import CalibrationConfig
-from fxcompress.quant.verify_export import compare_int8, make_export_check
-from fxcompress.verify import TOLERANCES
+from fxcompress.quant.check import compare_int8, make_export_check
+from fxcompress.core.verify import TOLERANCES
 
 
 class QuantizeINT8(TransformPass):
@@ -107,7 +107,7 @@ class QuantizeINT8(TransformPass):
 
     def _qat(self, gm, ctx) -> dict:
         try:
-            from fxcompress.training import TrainConfig, fit
+            from fxcompress.train.loop import TrainConfig, fit
         except ImportError as e:
             raise PassError(f"QuantizeINT8(qat_epochs={self.qat_epochs}) needs fxcompress.training: {e}") from e
         gm.train()

@@ -1,8 +1,8 @@
 """ShapeAnalysis: the output shape and dtype of every node of the current graph."""
 from __future__ import annotations
 
-from fxcompress.pass_base import AnalysisPass
-from fxcompress.tracing import node_shape
+from fxcompress.core.pass_base import AnalysisPass
+from fxcompress.graph.tracing import node_shape
 
 
 class ShapeAnalysis(AnalysisPass):

@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 from torchvision.models.swin_transformer import shifted_window_attention
 
-from fxcompress.attention import PrunedMultiheadAttention, window_attention
+from fxcompress.ops.attention_modules import PrunedMultiheadAttention, window_attention
 
 
 def test_pruned_mha_matches_multihead_attention():
@@ -64,8 +64,8 @@ def test_window_attention_with_pruned_head_dims_equals_zeroed_dims():
 
 
 def test_macs_rules_match_the_unpruned_ops():
-    from fxcompress.flops import count_macs
-    from fxcompress.tracing import propagate_shapes, trace
+    from fxcompress.graph.macs import count_macs
+    from fxcompress.graph.tracing import propagate_shapes, trace
 
     class MHA(nn.Module):
         def __init__(self, m):

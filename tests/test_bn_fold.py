@@ -2,8 +2,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from fxcompress.bn_fold import bn_scale_shift, fold_batchnorms, fold_bn_into
-from fxcompress.tracing import trace
+from fxcompress.fold.batchnorm import bn_scale_shift, fold_batchnorms, fold_bn_into
+from fxcompress.graph.tracing import trace
 
 
 def _randomise(bn):

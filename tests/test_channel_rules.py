@@ -4,10 +4,13 @@ import torch
 import torch.nn as nn
 import torchvision
 
-from fxcompress.meta_shapes import record_shapes
-from fxcompress.channel_rules import FUNCTION_RULES, METHOD_RULES, MODULE_RULES, _align_blocks, build_channel_graph
-from fxcompress.flops import count_macs
-from fxcompress.tracing import trace
+from fxcompress.graph.shapes import record_shapes
+from fxcompress.ops.registry import COUPLING
+from fxcompress.ops.reshape import _align_blocks
+from fxcompress.prune.coupling import build_channel_graph
+from fxcompress.graph.macs import count_macs
+from fxcompress.graph.tracing import trace
+from fxcompress.graph.keys import ValueKey
 
 
 def groups(model, x):
@@ -24,8 +27,8 @@ def test_align_blocks():
 
 
 def test_registry_has_one_rule_per_op_kind():
-    assert nn.Conv2d in MODULE_RULES and nn.MultiheadAttention in MODULE_RULES and nn.LayerNorm in MODULE_RULES
-    assert torch.cat in FUNCTION_RULES and "view" in METHOD_RULES and "permute" in METHOD_RULES
+    assert nn.Conv2d in COUPLING.modules and nn.MultiheadAttention in COUPLING.modules and nn.LayerNorm in COUPLING.modules
+    assert torch.cat in COUPLING.functions and "view" in COUPLING.methods and "permute" in COUPLING.methods
 
 
 def test_unknown_module_blocks_its_parameters_and_neighbours():
@@ -53,9 +56,9 @@ def test_unknown_module_blocks_its_parameters_and_neighbours():
     gm = torch.fx.GraphModule(net, Leafy().trace(net))
     record_shapes(gm, (torch.randn(1, 3, 4, 4),))
     r = build_channel_graph(gm).build_groups({})
-    g = next(g for g in r.groups for m in g.members if m.key == "p:a.weight" and m.dim == 0)
+    g = next(g for g in r.groups for m in g.members if m.key == ValueKey.of_param("a.weight") and m.dim == 0)
     assert not g.prunable and any("Mystery" in reason for reason in g.reasons)
-    g = next(g for g in r.groups for m in g.members if m.key == "p:m.w")
+    g = next(g for g in r.groups for m in g.members if m.key == ValueKey.of_param("m.w"))
     assert not g.prunable
 
 
@@ -65,8 +68,8 @@ def test_dimension_graph_is_networkx_and_components_match_groups():
     assert isinstance(r.graph, nx.Graph)
     (g,) = r.prunable()
     keys = {(m.key, m.dim) for m in g.members}
-    component = nx.node_connected_component(r.graph, ("p:0.weight", 0))
-    assert keys <= component and ("p:3.weight", 1) in component and ("p:1.running_var", 0) in component
+    component = nx.node_connected_component(r.graph, (ValueKey.of_param("0.weight"), 0))
+    assert keys <= component and (ValueKey.of_param("3.weight"), 1) in component and (ValueKey.of_param("1.running_var"), 0) in component
     assert g.size == 8 and g.macs_per_unit > 0 and g.params_per_unit > 0
 
 
@@ -81,7 +84,7 @@ def test_strided_slice_and_int_index_stop_channels():
             return self.b(y[:, ::2]), y[:, 3]
 
     r = groups(Net(), torch.randn(1, 3, 4, 4))
-    g = next(g for g in r.groups for m in g.members if m.key == "p:a.weight" and m.dim == 0)
+    g = next(g for g in r.groups for m in g.members if m.key == ValueKey.of_param("a.weight") and m.dim == 0)
     assert not g.prunable
 
 
@@ -97,12 +100,12 @@ def test_plain_slice_keeps_the_rest_prunable():
 
     r = groups(Net(), torch.randn(1, 3, 4, 4))
     # channels 0..4 reach b, 5..7 reach c: two groups, both prunable
-    found = {g.id: g for g in r.groups for m in g.members if m.key == "p:a.weight" and m.dim == 0}
+    found = {g.id: g for g in r.groups for m in g.members if m.key == ValueKey.of_param("a.weight") and m.dim == 0}
     assert sorted(g.size for g in found.values()) == [3, 5] and all(g.prunable for g in found.values())
     for g in found.values():
-        a_rows = next(m for m in g.members if m.key == "p:a.weight" and m.dim == 0)
-        reader = next(m for m in g.members if m.key in ("p:b.weight", "p:c.weight") and m.dim == 1)
-        offset = 0 if reader.key == "p:b.weight" else 5
+        a_rows = next(m for m in g.members if m.key == ValueKey.of_param("a.weight") and m.dim == 0)
+        reader = next(m for m in g.members if m.key in (ValueKey.of_param("b.weight"), ValueKey.of_param("c.weight")) and m.dim == 1)
+        offset = 0 if reader.key == ValueKey.of_param("b.weight") else 5
         assert sorted(a_rows.positions) == sorted(reader.positions + offset)
 
 
@@ -113,8 +116,8 @@ def test_groups_are_deterministic_and_a_residual_stream_is_one_group():
     assert [(g.size, g.prunable, [(m.key, m.dim) for m in g.members]) for g in a.groups] == \
         [(g.size, g.prunable, [(m.key, m.dim) for m in g.members]) for g in b.groups]
     # the residual stream of layer1 is one group holding every conv that writes or reads it
-    stream = next(g for g in a.groups if any(m.key == "p:layer1.0.conv2.weight" and m.dim == 0 for m in g.members))
+    stream = next(g for g in a.groups if any(m.key == ValueKey.of_param("layer1.0.conv2.weight") and m.dim == 0 for m in g.members))
     keys = {m.key for m in stream.members}
-    assert {"p:conv1.weight", "p:layer1.1.conv2.weight", "p:layer2.0.conv1.weight",
-            "p:layer2.0.downsample.0.weight"} <= keys
+    assert {ValueKey.of_param("conv1.weight"), ValueKey.of_param("layer1.1.conv2.weight"), ValueKey.of_param("layer2.0.conv1.weight"),
+            ValueKey.of_param("layer2.0.downsample.0.weight")} <= keys
     assert stream.size == 64 and stream.prunable

@@ -3,7 +3,7 @@ import torch
 import torch.nn as nn
 
 from fxcompress import CheckpointError
-from fxcompress.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from fxcompress.train.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 
 
 def test_round_trip_and_wrapped_state_dicts(tmp_path):

@@ -6,7 +6,7 @@ import onnx
 import pytest
 import torch
 
-from fxcompress.export import main
+from fxcompress.cli.export import main
 
 
 def run_cli(*args, cwd=None):

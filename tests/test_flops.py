@@ -3,9 +3,9 @@ import torch
 import torch.nn as nn
 import torchvision
 
-from fxcompress.flops import count_macs
+from fxcompress.graph.macs import count_macs
 from fxcompress.models import get_model
-from fxcompress.tracing import propagate_shapes, trace
+from fxcompress.graph.tracing import propagate_shapes, trace
 
 
 def macs_of(model, shape):

@@ -3,8 +3,8 @@ import torch
 import torch.nn as nn
 import torchvision
 
-from fxcompress.meta_shapes import _cat_on_meta, record_shapes
-from fxcompress.tracing import propagate_shapes, trace
+from fxcompress.graph.shapes import _cat_on_meta, record_shapes
+from fxcompress.graph.tracing import propagate_shapes, trace
 
 
 def _shapes(gm):

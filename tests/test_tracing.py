@@ -4,7 +4,7 @@ import torch.nn as nn
 import torchvision
 
 import fxcompress
-from fxcompress.tracing import node_shape, propagate_shapes, trace
+from fxcompress.graph.tracing import node_shape, propagate_shapes, trace
 
 
 class Branchy(nn.Module):

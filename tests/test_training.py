@@ -8,7 +8,7 @@ import torch
 from fxcompress import DataError, PassError
 from fxcompress.data import digits
 from fxcompress.models import get_model
-from fxcompress.training import TrainConfig, TrainHook, evaluate, fit, lr_at
+from fxcompress.train.loop import TrainConfig, TrainHook, evaluate, fit, lr_at
 
 
 def train(epochs=3, **kw):
@@ -71,7 +71,7 @@ DDP_SCRIPT = """
 import sys, torch
 from fxcompress.data import digits
 from fxcompress.models import get_model
-from fxcompress.training import TrainConfig, fit
+from fxcompress.train.loop import TrainConfig, fit
 torch.set_num_threads(1)
 torch.manual_seed(0)
 model = get_model("small_cnn", width=8)

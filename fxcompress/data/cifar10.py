@@ -16,7 +16,7 @@ ARCHIVE = "cifar10-jpeg.tar.gz"
 def find_archive(root: Optional[str] = None) -> str:
     """The archive path: `root` (file or folder), else $FXCOMPRESS_DATA, else ../shared/data beside the
     working directory or the source tree."""
-    from ..errors import DataError
+    from ..core.errors import DataError
     here = os.path.dirname(os.path.abspath(__file__))
     candidates = [root] if root else [os.environ.get("FXCOMPRESS_DATA"),
                                       os.path.join(os.getcwd(), "..", "shared", "data"),
@@ -33,7 +33,7 @@ def cifar10(root: Optional[str] = None, split: str = "train", batch_size: int = 
             shuffle: Optional[bool] = None, limit: Optional[int] = None, seed: int = 0,
             mean=CIFAR10_MEAN, std=CIFAR10_STD) -> ArrayLoader:
     """A loader of normalised float NCHW batches and int64 labels (classes in alphabetical order)."""
-    from ..errors import DataError
+    from ..core.errors import DataError
     if split not in ("train", "test"):
         raise DataError(f"CIFAR-10 split must be 'train' or 'test', got {split!r}")
     images, labels, classes = decode_archive_cached(find_archive(root), split)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import DataError
+from ..core.errors import DataError
 from .loader import ArrayLoader
 
 

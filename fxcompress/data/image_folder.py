@@ -14,8 +14,8 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..errors import DataError
-from ..io import atomic_output
+from ..core.errors import DataError
+from ..core.files import atomic_output
 from .loader import ArrayLoader
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")

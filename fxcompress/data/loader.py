@@ -11,7 +11,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from ..errors import DataError
+from ..core.errors import DataError
 
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 

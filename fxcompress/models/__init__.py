@@ -7,8 +7,8 @@ from typing import Callable, Dict, List, Optional
 
 import torch.nn as nn
 
-from ..checkpoint import load_checkpoint
-from ..errors import ModelNotFoundError
+from ..train.checkpoint import load_checkpoint
+from ..core.errors import ModelNotFoundError
 from .cifar_resnet import CifarResNet
 from .small_cnn import SmallCNN
 

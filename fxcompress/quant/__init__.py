@@ -1,6 +1,6 @@
 """INT8 quantization machinery: streaming observers, KL/percentile calibration, fake-quant modules,
 the op registry saying what is quantized and how, graph insertion, and the ONNX lowering rewrites."""
-from .calibration import kl_divergences, kl_threshold, kl_threshold_bin, percentile_threshold
+from .kl import kl_divergences, kl_threshold, kl_threshold_bin, percentile_threshold
 from .fake_quant import ActivationQuantizer, WeightQuantizer
 from .histogram import StreamingHistogram
 from .insert import QuantPlan, insert_fake_quant, plan_quantization, weighted_modules

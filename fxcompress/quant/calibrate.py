@@ -6,7 +6,7 @@ from typing import Dict, Iterable, Optional, Sequence, Tuple
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import DataError
+from ..core.errors import DataError
 from .fake_quant import ActivationQuantizer
 
 

@@ -1,4 +1,11 @@
-"""Placing fake-quant nodes in an fx graph where the INT8 lowering really quantizes (see registry.py).
+"""Placing fake-quant nodes in an fx graph where the INT8 lowering really quantizes.
+
+Which ops are quantized, and how, is each op family's `QuantRule` (registry `QUANT` in `fxcompress.ops`),
+chosen by how onnxruntime's CPU optimizer turns QDQ groups into integer kernels:
+- "weighted" (conv, linear): int8 weight per output channel, uint8 input and output -> QLinearConv, QGemm;
+- "requantize" (add, average pools, concat): every tensor input and the output quantized -> QLinearAdd...;
+- "activation" (ReLU-like, right after a quantized op): the output is quantized after them instead;
+- "passthrough" (max-pool, flatten, reshape, dropout): reuse the input's quantizer, run on uint8.
 
 The plan is tensor-centric, like a QDQ model: a tensor is quantized once, at its producer, when it
 is an input or output of a quantized op. A ReLU-like op right after a quantized op moves the output
@@ -7,15 +14,31 @@ quantization after it; a pass-through op reuses its input's quantizer.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch.fx as fx
 import torch.nn as nn
 from torch.nn.utils import parametrize
 
+from .. import ops  # noqa: F401  (registers every op family's rules)
+from ..ops.registry import QUANT, QuantRule
 from .fake_quant import ActivationQuantizer, WeightQuantizer
 from .observers import CalibrationConfig
-from .registry import activation_bound, rule_for
+
+
+def rule_for(node: fx.Node, modules: Dict[str, nn.Module]) -> Optional[QuantRule]:
+    module = modules[node.target] if node.op == "call_module" else None
+    rule = QUANT.lookup(node, module)
+    if rule is not None and rule.role == "activation" and activation_bound(node, rule, modules) is False:
+        return None   # e.g. Hardtanh(-1, 1) is not ReLU-like
+    return rule
+
+
+def activation_bound(node: fx.Node, rule: QuantRule, modules):
+    """A known upper bound of an activation's output (6 for ReLU6), None, or False if it is not ReLU-like."""
+    if rule.upper_bound is None:
+        return None
+    return rule.upper_bound(modules[node.target] if node.op == "call_module" else node)
 
 
 def _is_float_tensor(node) -> bool:
@@ -79,7 +102,7 @@ def plan_quantization(gm: fx.GraphModule, min_input_channels: int = 1) -> QuantP
             del need[n]
             need[user] = None
             bound = activation_bound(user, urule, modules)
-            if bound is not None:
+            if bound is not None and bound is not False:
                 plan.bounds[user] = bound
     # pass-through ops reuse the quantizer of their (quantized) input
     order = {n: i for i, n in enumerate(gm.graph.nodes)}

@@ -7,15 +7,13 @@ input scale x weight scale), the form onnxruntime's QDQ fusion turns into QLinea
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from typing import Dict, Iterable, List
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ..errors import VerificationError
+from ..core.errors import VerificationError
 
 INTEGER_KERNELS = ("QLinearConv", "ConvInteger", "QGemm", "QLinearMatMul", "MatMulInteger", "MatMulIntegerToFloat",
                    "DynamicQuantizeMatMul", "QAttention")
@@ -195,18 +193,6 @@ def align_conv_input_channels(model: onnx.ModelProto, alignment: int = INPUT_CHA
         del graph.node[:]
         graph.node.extend(nodes)
     return model
-
-
-def optimized_graph(path: str, threads: int = 2) -> onnx.ModelProto:
-    """The graph onnxruntime's CPU provider actually runs (all graph optimizations applied)."""
-    from ..onnx_export import ort_session
-    fd, opt_path = tempfile.mkstemp(suffix=".opt.onnx")
-    os.close(fd)
-    try:
-        ort_session(path, threads=threads, optimized_model_path=opt_path)
-        return onnx.load(opt_path)
-    finally:
-        os.unlink(opt_path)
 
 
 def integer_kernel_check(optimized: onnx.ModelProto, quantized_weights: Dict[str, str]) -> Dict[str, str]:

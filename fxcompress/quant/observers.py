@@ -15,8 +15,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..errors import PassError
-from .calibration import kl_threshold, percentile_threshold
+from ..core.errors import PassError
+from .kl import kl_threshold, percentile_threshold
 from .histogram import StreamingHistogram
 
 METHODS = ("kl", "minmax", "percentile")
@@ -58,7 +58,7 @@ class ActivationObserver:
         lo, hi = torch.aminmax(x.float() if not x.is_floating_point() else x)
         lo, hi = float(lo), float(hi)
         if not (np.isfinite(lo) and np.isfinite(hi)):
-            from ..errors import VerificationError
+            from ..core.errors import VerificationError
             raise VerificationError(f"activation {where or '?'} contains NaN or Inf during calibration; "
                                     f"check the model and the calibration data")
         self.min, self.max = min(self.min, lo), max(self.max, hi)

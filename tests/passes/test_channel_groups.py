@@ -4,9 +4,10 @@ import pytest
 import torch
 import torch.nn as nn
 
-from fxcompress.context import PassContext
+from fxcompress.core.context import PassContext
 from fxcompress.passes import ChannelGroups
-from fxcompress.tracing import trace
+from fxcompress.graph.tracing import trace
+from fxcompress.graph.keys import ValueKey
 from pruning_models import (COUPLING_MODELS, ConcatBranches, Decoder, DepthwiseSeparable, FlattenLinear,
                             FunctionalConv, GroupedConv, MultiOutput, ResidualProjection, SEGate, SharedModule,
                             ShuffleBlocks, TinyAttention, ChannelsLast, cbr)
@@ -14,7 +15,7 @@ from pruning_models import (COUPLING_MODELS, ConcatBranches, Decoder, DepthwiseS
 
 def groups_of(model, size=32):
     model.eval()
-    ctx = PassContext(gm=trace(model), example_inputs=(torch.randn(2, 3, size, size),), original_model=model)
+    ctx = PassContext(gm=trace(model), example_inputs=(torch.randn(2, 3, size, size),))
     return ctx.get(ChannelGroups)
 
 
@@ -22,7 +23,7 @@ def member(result, param, dim):
     """(group, member) holding dimension `dim` of parameter `param`."""
     for g in result.groups:
         for m in g.members:
-            if m.key == f"p:{param}" and m.dim == dim:
+            if m.key == ValueKey.of_param(param) and m.dim == dim:
                 return g, m
     raise AssertionError(f"{param}[{dim}] is in no group")
 
@@ -42,7 +43,7 @@ def test_concat_offsets_map_each_branch_to_its_columns():
     r = groups_of(ConcatBranches())
     for conv, lo, hi in (("b1.0.weight", 0, 6), ("b2.1.0.weight", 6, 16), ("b3.1.0.weight", 16, 21)):
         g, _ = member(r, conv, 0)
-        cols = [m for m in g.members if m.key == "p:mix.0.weight" and m.dim == 1]
+        cols = [m for m in g.members if m.key == ValueKey.of_param("mix.0.weight") and m.dim == 1]
         assert len(cols) == 1 and sorted(cols[0].positions) == list(range(lo, hi))
         assert g.prunable
 
@@ -88,7 +89,7 @@ def test_se_gate_couples_gate_with_feature_map():
 def test_flatten_gives_each_channel_its_spatial_columns():
     r = groups_of(FlattenLinear())
     g, _ = member(r, "features.2.0.weight", 0)
-    cols = [m for m in g.members if m.key == "p:fc1.weight"][0]
+    cols = [m for m in g.members if m.key == ValueKey.of_param("fc1.weight")][0]
     assert g.size == 12 and len(cols.positions) == 12 * 16
     assert sorted(cols.positions[cols.units == 0]) == list(range(16))  # channel 0 -> columns 0..15
 
@@ -96,10 +97,10 @@ def test_flatten_gives_each_channel_its_spatial_columns():
 def test_conv_transpose_decoder_with_skip_concat():
     r = groups_of(Decoder())
     up, _ = member(r, "up.weight", 1)
-    cols = [m for m in up.members if m.key == "p:dec.0.weight" and m.dim == 1][0]
+    cols = [m for m in up.members if m.key == ValueKey.of_param("dec.0.weight") and m.dim == 1][0]
     assert sorted(cols.positions) == list(range(8)) and up.prunable
     skip, _ = member(r, "enc1.0.weight", 0)
-    cols = [m for m in skip.members if m.key == "p:dec.0.weight" and m.dim == 1][0]
+    cols = [m for m in skip.members if m.key == ValueKey.of_param("dec.0.weight") and m.dim == 1][0]
     assert sorted(cols.positions) == list(range(8, 16))
     assert member(r, "enc2.0.weight", 0)[0] is member(r, "up.weight", 0)[0]
     assert not member(r, "out.weight", 0)[0].prunable
@@ -129,7 +130,7 @@ def test_functional_conv_with_parameter_attributes():
 def test_attention_head_dims_and_layer_norm():
     r = groups_of(TinyAttention())
     qk, m = member(r, "attn.in_proj_weight", 0)
-    groups = {id(g): g for g in r.groups for mm in g.members if mm.key == "p:attn.in_proj_weight" and mm.dim == 0}
+    groups = {id(g): g for g in r.groups for mm in g.members if mm.key == ValueKey.of_param("attn.in_proj_weight") and mm.dim == 0}
     assert sorted(g.size for g in groups.values()) == [4, 4]            # q/k head dim, v head dim (4 heads x 4)
     assert all(g.prunable for g in groups.values())
     embed, _ = member(r, "embed.weight", 0)

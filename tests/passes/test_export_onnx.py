@@ -10,8 +10,8 @@ import torchvision
 import fxcompress
 from fxcompress import ExportError, VerificationError
 from fxcompress.models import get_model
-from fxcompress.models.calibrate_bn import recalibrate_batchnorm
-from fxcompress.onnx_export import ort_session, run_ort
+from fxcompress.models.random_init import recalibrate_batchnorm
+from fxcompress.onnx.runtime import ort_session, run_ort
 from fxcompress.passes import CountFlops, ExportONNX
 
 ZOO = [("resnet18", 224), ("resnet50", 224), ("mobilenet_v2", 224), ("mobilenet_v3_small", 224),

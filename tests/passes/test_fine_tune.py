@@ -22,7 +22,7 @@ def test_fine_tune_needs_a_train_loader():
 
 
 def test_fine_tune_adds_the_losses_of_its_hooks():
-    from fxcompress.training import TrainHook
+    from fxcompress.train.loop import TrainHook
 
     class CountingPenalty(TrainHook):
         calls = 0

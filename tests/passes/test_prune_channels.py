@@ -7,17 +7,17 @@ import torch.nn as nn
 
 import fxcompress
 from fxcompress import PassError, VerificationError
-from fxcompress import channel_rules
-from fxcompress.context import PassContext
+from fxcompress.ops.registry import COUPLING
+from fxcompress.core.context import PassContext
 from fxcompress.passes import ChannelGroups, ExportONNX, PruneChannels
-from fxcompress.tracing import trace
+from fxcompress.graph.tracing import trace
 from pruning_models import COUPLING_MODELS, ResidualProjection, TinyAttention, cbr, randomize
 
 X = torch.randn(2, 3, 32, 32)
 
 
 def analyse(model):
-    ctx = PassContext(gm=trace(model.eval()), example_inputs=(X,), original_model=model)
+    ctx = PassContext(gm=trace(model.eval()), example_inputs=(X,))
     return ctx.get(ChannelGroups)
 
 
@@ -58,7 +58,7 @@ def test_pruning_keeps_conv_hyperparameters_and_dtype():
     model = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=2, dilation=2), nn.BatchNorm2d(8), nn.ReLU(),
                           nn.Conv2d(8, 4, 3, padding=1)).double().eval()
     x = X.double()
-    ctx = PassContext(gm=trace(model), example_inputs=(x,), original_model=model)
+    ctx = PassContext(gm=trace(model), example_inputs=(x,))
     result = ctx.get(ChannelGroups)
     (g,) = result.prunable()
     out = fxcompress.compile(model, [PruneChannels({g.id: [1, 5, 6]})], x, progress=False).model
@@ -96,7 +96,7 @@ def test_a_wrong_coupling_rule_is_caught_by_the_exactness_check(monkeypatch):
                 r.same(x, d, y, d)
     model = nn.Sequential(cbr(3, 8), nn.Conv2d(8, 4, 1)).eval()
     randomize(model)
-    monkeypatch.setitem(channel_rules.MODULE_RULES, nn.ReLU, reversed_relu)
+    monkeypatch.setitem(COUPLING.modules, nn.ReLU, reversed_relu)
     result = analyse(model)
     (g,) = result.prunable()
     with pytest.raises(VerificationError, match="removed channels zeroed"):
@@ -106,9 +106,9 @@ def test_a_wrong_coupling_rule_is_caught_by_the_exactness_check(monkeypatch):
 def test_failed_prune_leaves_the_model_untouched(monkeypatch):
     model = randomize(ResidualProjection())
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    from fxcompress import verify
+    from fxcompress.core import verify
     monkeypatch.setitem(verify.TOLERANCES, "exact_transform", -1.0)  # force the check to fail
-    ctx = PassContext(gm=trace(model), example_inputs=(X,), original_model=model)
+    ctx = PassContext(gm=trace(model), example_inputs=(X,))
     gm = ctx.gm
     plan = random_plan(ctx.get(ChannelGroups), 0.5)
     with pytest.raises(VerificationError):

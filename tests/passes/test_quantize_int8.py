@@ -8,10 +8,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import fxcompress
-from fxcompress.errors import DataError, PassError, VerificationError
-from fxcompress.onnx_export import ort_session, run_ort, to_onnx_proto
+from fxcompress.core.errors import DataError, PassError, VerificationError
+from fxcompress.onnx.runtime import ort_session, run_ort
+from fxcompress.onnx.write import to_onnx_proto
 from fxcompress.passes import ExportONNX, FoldBatchNorm, QuantizeINT8
-from fxcompress.quant.lower import INTEGER_KERNELS, integer_kernel_check, optimized_graph
+from fxcompress.onnx.runtime import optimized_graph
+from fxcompress.quant.lower import INTEGER_KERNELS, integer_kernel_check
 
 
 class ResidualNet(nn.Module):

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from fxcompress.quant.calibration import kl_divergences, kl_threshold, kl_threshold_bin, percentile_threshold
+from fxcompress.quant.kl import kl_divergences, kl_threshold, kl_threshold_bin, percentile_threshold
 
 
 def reference_kl_bin(hist, nq, eps=1e-4):

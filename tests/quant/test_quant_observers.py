@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from fxcompress.errors import PassError, VerificationError
+from fxcompress.core.errors import PassError, VerificationError
 from fxcompress.quant.fake_quant import ActivationQuantizer, WeightQuantizer
 from fxcompress.quant.observers import ActivationObserver, CalibrationConfig
 

@@ -5,7 +5,7 @@ import argparse
 import sys
 from typing import Callable, Tuple
 
-from .errors import FxCompressError
+from ..core.errors import FxCompressError
 
 
 def parse_shape(text: str) -> Tuple[int, ...]:

@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .checkpoint import read_checkpoint, save_checkpoint
-from .data.loader import unpack_batch
-from .errors import DataError, PassError
+from ..data.loader import unpack_batch
+from ..core.errors import DataError, PassError
 
 SCHEDULES = ("cosine", "onecycle", "constant")
 

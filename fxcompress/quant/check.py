@@ -5,10 +5,11 @@ from typing import Callable, Dict, Iterable, Optional
 
 import torch
 
-from ..errors import VerificationError
-from ..verify import TOLERANCES, flatten_outputs, relative_error
+from ..core.errors import VerificationError
+from ..core.verify import TOLERANCES, flatten_outputs, relative_error
 from .calibrate import batch_inputs
-from .lower import count_ops, integer_kernel_check, optimized_graph
+from ..onnx.runtime import optimized_graph
+from .lower import count_ops, integer_kernel_check
 
 
 def compare_int8(got, expected) -> dict:
@@ -26,7 +27,7 @@ def compare_int8(got, expected) -> dict:
 
 def agreement(session, model: torch.nn.Module, loader: Iterable, max_samples: int = 512) -> dict:
     """Top-1 agreement (2-D outputs) and output error between ORT and the fake-quant model on `loader`."""
-    from ..onnx_export import run_ort
+    from ..onnx.runtime import run_ort
     same = total = 0
     abs_err, ref_scale = [], []
     with torch.no_grad():
@@ -55,7 +56,7 @@ def make_export_check(model: torch.nn.Module, loader: Optional[Iterable], quanti
     min_top1 = TOLERANCES["int8_top1_agreement"] if min_top1_agreement is None else min_top1_agreement
 
     def check(path: str) -> dict:
-        from ..onnx_export import ort_session
+        from ..onnx.runtime import ort_session
         # int8 initializer name -> layer, filled by the weight-folding rewrite during this export
         names = {q: _layer_of(w, quantized_weights) for q, w in folded.items()}
         names = {q: layer for q, layer in names.items() if layer is not None}

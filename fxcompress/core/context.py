@@ -6,17 +6,15 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
 import torch.fx as fx
-import torch.nn as nn
 
-from .flops import FlopsResult, count_macs
-from .tracing import propagate_shapes
+from ..graph.macs import FlopsResult, count_macs
+from ..graph.tracing import propagate_shapes
 
 
 @dataclass
 class PassContext:
     gm: fx.GraphModule
     example_inputs: Tuple[torch.Tensor, ...]
-    original_model: nn.Module                       # untouched copy; the default distillation teacher
     train_loader: Optional[Iterable] = None
     val_loader: Optional[Iterable] = None
     calib_loader: Optional[Iterable] = None

@@ -6,8 +6,8 @@ import os
 import torch
 import torch.nn as nn
 
-from .errors import CheckpointError
-from .io import atomic_output
+from ..core.errors import CheckpointError
+from ..core.files import atomic_output
 
 
 def read_checkpoint(path: str) -> dict:

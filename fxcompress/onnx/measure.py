@@ -8,8 +8,8 @@ from typing import Dict, Iterable
 
 import torch
 
-from .data.loader import unpack_batch
-from .onnx_export import ort_session
+from ..data.loader import unpack_batch
+from .runtime import ort_session
 
 
 def onnx_top1(path: str, loader: Iterable, threads: int = 2) -> float:

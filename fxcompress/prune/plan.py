@@ -1,4 +1,9 @@
-"""Turning channel scores into pruning plans: per-group or global ranking, rounding, MACs targets."""
+"""Turning channel scores into pruning plans: per-group or global ranking, rounding, MACs targets.
+
+A plan's MACs are computed from the shapes it predicts (`macs_of_plan`: the op families' MACs rules read
+through a PruneState), so a search tries many plans without building one; the pass applies the chosen
+plan once, and the manager counts the result's MACs to confirm.
+"""
 from __future__ import annotations
 
 import math
@@ -8,10 +13,10 @@ import numpy as np
 import torch
 import torch.fx as fx
 
-from .channel_graph import ChannelGroup, ChannelGroupsResult
-from .meta_shapes import record_shapes
-from .channel_prune import apply_plan
-from .flops import count_macs
+from ..graph.macs import node_macs
+from ..graph.tracing import node_shape
+from .groups import ChannelGroup, ChannelGroupsResult
+from .state import PruneState, keep_masks, normalize_plan, tensor_names
 
 
 def magnitude_scores(gm: fx.GraphModule, result: ChannelGroupsResult, groups: Iterable[ChannelGroup],
@@ -62,10 +67,24 @@ def plan_from_scores(groups: List[ChannelGroup], scores: Dict[int, np.ndarray], 
     return plan
 
 
-def macs_of_plan(gm: fx.GraphModule, result: ChannelGroupsResult, plan, example_inputs) -> int:
-    new = apply_plan(gm, result, plan)
-    record_shapes(new, example_inputs)
-    return count_macs(new).macs
+class PlanMacs:
+    """MACs a plan leaves, predicted from the shapes it implies (exact: the MACs rules are functions of
+    shapes).
+
+        macs_of = PlanMacs(gm, result)
+        macs_of({group_id: kept_units})
+    """
+
+    def __init__(self, gm: fx.GraphModule, result: ChannelGroupsResult):
+        self.gm, self.result = gm, result
+        self.names = tensor_names(dict(gm.named_modules()))
+
+    def __call__(self, plan) -> int:
+        s = PruneState(self.result, keep_masks(self.result, normalize_plan(self.result, plan)))
+        names = self.names
+        per_node = node_macs(self.gm, shape_of=lambda n: s.node_shape(n) or node_shape(n),
+                             param_shape=lambda t: s.param_shape(names.get(id(t), ""), t.shape))
+        return sum(per_node.values())
 
 
 def search_ratio(make_plan: Callable[[float], dict], macs_of: Callable[[dict], int], target_macs: int,

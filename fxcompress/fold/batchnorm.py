@@ -3,33 +3,25 @@
 BN(y) = gamma * (y - mean) / sqrt(var + eps) + beta is a per-channel affine map, so with
 y = W x + b it folds into W' = W * s (s scaled along the output-channel axis) and
 b' = (b - mean) * s + beta, where s = gamma / sqrt(var + eps). Shared by FoldBatchNorm and any pass
-that merges BN (ResRep's merge step).
+that merges BN.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional, Tuple
-
-import torch.fx as fx
+from typing import List, Optional, Tuple
 
 import torch
+import torch.fx as fx
 import torch.nn as nn
 
-# Output-channel axis of each foldable producer's weight, one rule per module type.
-# ConvTranspose keeps outputs on axis 1 but only for groups == 1 (grouped layouts interleave).
-OUTPUT_AXIS: Dict[type, Callable[[nn.Module], Optional[int]]] = {
-    nn.Conv1d: lambda m: 0, nn.Conv2d: lambda m: 0, nn.Conv3d: lambda m: 0,
-    nn.Linear: lambda m: 0,
-    nn.ConvTranspose1d: lambda m: 1 if m.groups == 1 else None,
-    nn.ConvTranspose2d: lambda m: 1 if m.groups == 1 else None,
-    nn.ConvTranspose3d: lambda m: 1 if m.groups == 1 else None,
-}
+from .. import ops  # noqa: F401  (registers every op family's rules)
+from ..ops.registry import BN_FOLD
 
 BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
 def output_axis(module: nn.Module) -> Optional[int]:
     """The weight axis holding output channels, or None if `module` cannot absorb a BatchNorm."""
-    rule = next((OUTPUT_AXIS[t] for t in type(module).__mro__ if t in OUTPUT_AXIS), None)
+    rule = BN_FOLD.for_type(type(module))   # each op family says where its output channels are
     return rule(module) if rule is not None else None
 
 

@@ -46,7 +46,7 @@ class Report:
         return {"model": self.model_name, "passes": [asdict(r) for r in self.records]}
 
     def save_json(self, path: str) -> None:
-        from .io import atomic_write_text
+        from .files import atomic_write_text
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2, default=str))
 
     def table(self) -> str:

@@ -13,7 +13,7 @@ from .errors import PassError, ShapeError
 from .manager import PassManager
 from .pass_base import Pass
 from .report import Report
-from .tracing import trace
+from ..graph.tracing import trace
 
 
 @dataclass
@@ -48,10 +48,9 @@ def compile(model: nn.Module, passes: Sequence[Pass], example_inputs, *, train_l
     manager = PassManager(passes, progress=progress)
     device = torch.device(device)
     inputs = tuple(t.to(device) for t in as_input_tuple(example_inputs))
-    original = copy.deepcopy(model).to(device).eval()
     working = copy.deepcopy(model).to(device).eval()
     gm = trace(working, leaf_modules)
-    ctx = PassContext(gm=gm, example_inputs=inputs, original_model=original, train_loader=train_loader,
+    ctx = PassContext(gm=gm, example_inputs=inputs, train_loader=train_loader,
                       val_loader=val_loader, calib_loader=calib_loader, device=device)
     report = Report(model_name=type(model).__name__)
     manager.run(ctx, report)

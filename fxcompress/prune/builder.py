@@ -1,124 +1,29 @@
-"""The channel-dependency graph: which channels of which tensors and parameters must be removed together.
+"""Building channel groups from couplings (see `fxcompress.prune.groups` for what a group is).
 
-Vertices of the networkx graph are *dimensions*: `(vertex key, dim)` where the key names a node's output
-tensor (`n:<node>` or `n:<node>#i` for the i-th tensor of a tuple) or a parameter/buffer (`p:<qualname>`).
-Edges say "these dimensions keep the same channels" and carry an index mapping (identity, offsets through
-`cat`/`split`/slicing, folds through `view`/`flatten`). Underneath, every position of every dimension
-gets an integer id and each edge unions ids position by position, so the connected components of the
-position graph are the *units* that must go together (dimensions coupled whole, position i to position
-i, are merged first and share one id range: most couplings are of that kind, and it keeps the position
-graph a fraction of the model's total channel count) (one channel of a conv, plus the same channel of
-its BatchNorm, of every add partner, of every consumer's input columns...). Units touching the same set
-of dimensions form a `ChannelGroup`: what a pruner ranks and cuts.
-
-Op knowledge lives in `fxcompress.channel_rules` (one rule per module type, function or method). A
-dimension that a rule does not explicitly carry is *blocked*: its units may never be removed, and the
-group records why (model input/output, an op the analysis does not understand, a LayerNorm...).
+The op rules (`fxcompress.ops`, driven by `fxcompress.prune.coupling`) declare couplings between
+dimensions of tensors: "position i of this dim goes with position j of that one" (identity, offsets
+through cat/split/slicing, folds through view/flatten). Every position of every dimension gets an integer
+id and each coupling unions ids position by position, so the connected components are the units that
+must go together. Dimensions coupled whole (position i to position i: most couplings) are merged first
+and share one id range, which keeps the position graph a fraction of the model's total channel count.
+Units touching the same set of dimensions, and sharing a fate (blocked or not), form a group.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Dict, List, Optional, Sequence, Tuple
 
-import networkx as nx
 import numpy as np
 import torch
 import torch.fx as fx
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-Dim = Tuple[str, int]
-
-PRODUCER, CONSUMER = "producer", "consumer"
-
-
-@dataclass(slots=True)
-class Member:
-    """One dimension of a group: positions[i] of dimension `dim` of `key` belongs to unit units[i]."""
-    key: str
-    dim: int
-    positions: np.ndarray
-    units: np.ndarray
-    role: Optional[str] = None   # for parameters: PRODUCER (its slice makes the channel) or CONSUMER
-
-    @property
-    def is_param(self) -> bool:
-        return self.key.startswith("p:")
-
-    @property
-    def name(self) -> str:
-        return self.key[2:]
-
-
-@dataclass
-class ChannelGroup:
-    id: int
-    size: int                     # number of units (what a plan keeps or removes)
-    members: List[Member]
-    prunable: bool
-    reasons: List[str] = field(default_factory=list)
-    macs_per_unit: float = 0.0
-    params_per_unit: float = 0.0
-
-    def param_members(self) -> List[Member]:
-        return [m for m in self.members if m.is_param]
-
-    def modules(self) -> List[str]:
-        return sorted({m.name.rsplit(".", 1)[0] for m in self.param_members()})
-
-    def describe(self) -> str:
-        params = ", ".join(f"{m.name}[{m.dim}]" for m in self.param_members()[:4])
-        more = "" if len(self.param_members()) <= 4 else f", +{len(self.param_members()) - 4}"
-        state = "prunable" if self.prunable else "fixed: " + "; ".join(self.reasons[:2])
-        return f"group {self.id}: {self.size} units, {params}{more} ({state})"
-
-
-@dataclass
-class ChannelGroupsResult:
-    groups: List[ChannelGroup]
-    dims: List[Tuple[Dim, int]]           # every dimension and its size
-    dim_edges: List[Tuple[Dim, Dim, str]]  # couplings between dimensions, with their kind
-    shapes: Dict[str, tuple]              # vertex key -> shape when the groups were built
-    roles: Dict[Dim, str]
-
-    @cached_property
-    def graph(self) -> nx.Graph:
-        """The dimension-level dependency graph (built on first use: the groups do not need it)."""
-        graph = nx.Graph()
-        graph.add_nodes_from((dim, {"size": size}) for dim, size in self.dims)
-        graph.add_edges_from((a, b, {"kind": kind}) for a, b, kind in self.dim_edges)
-        return graph
-
-    def prunable(self) -> List[ChannelGroup]:
-        return [g for g in self.groups if g.prunable]
-
-    def by_id(self, gid: int) -> ChannelGroup:
-        return self.groups[gid]
-
-    def summary(self) -> dict:
-        fixed: Dict[str, int] = {}
-        for g in self.groups:
-            if not g.prunable:
-                for r in g.reasons[:1]:
-                    fixed[r] = fixed.get(r, 0) + 1
-        return {"groups": len(self.groups), "prunable_groups": len(self.prunable()),
-                "prunable_units": int(sum(g.size for g in self.prunable())),
-                "dims": self.graph.number_of_nodes(), "edges": self.graph.number_of_edges(),
-                "fixed_reasons": dict(sorted(fixed.items(), key=lambda kv: -kv[1])[:8])}
-
-
-def tensor_metas(node: fx.Node) -> Dict[str, tuple]:
-    """Vertex key -> shape for each tensor a node produces (a tuple output gives one key per item)."""
-    meta = node.meta.get("tensor_meta")
-    if meta is None:
-        return {}
-    if hasattr(meta, "shape"):
-        return {f"n:{node.name}": tuple(meta.shape)}
-    if isinstance(meta, (tuple, list)):
-        return {f"n:{node.name}#{i}": tuple(m.shape) for i, m in enumerate(meta) if hasattr(m, "shape")}
-    return {}
+from ..graph.keys import PARAM, ValueKey
+from .groups import PRODUCER, ChannelGroup, ChannelGroupsResult, Dim, Member
+from .state import tensor_names
 
 
 class ChannelGraphBuilder:
@@ -127,14 +32,9 @@ class ChannelGraphBuilder:
     def __init__(self, gm: fx.GraphModule):
         self.gm = gm
         self.modules = dict(gm.named_modules())
-        self.tensor_names: Dict[int, str] = {}
-        for prefix, module in self.modules.items():   # one walk (named_parameters() walks once per call)
-            for store in (module._parameters, module._buffers):
-                for name, t in store.items():
-                    if t is not None:
-                        self.tensor_names.setdefault(id(t), f"{prefix}.{name}" if prefix else name)
-        self.shapes: Dict[str, tuple] = {}
-        self.base: Dict[str, List[int]] = {}       # vertex key -> index of each of its dimensions
+        self.tensor_names = tensor_names(self.modules)
+        self.shapes: Dict[ValueKey, tuple] = {}
+        self.base: Dict[ValueKey, List[int]] = {}  # vertex key -> index of each of its dimensions
         self.dim_keys: List[Dim] = []
         self.dim_sizes: List[int] = []
         self.whole_a: List[int] = []                # dimensions coupled whole (identity on positions)
@@ -145,12 +45,11 @@ class ChannelGraphBuilder:
         self.reason_index: Dict[str, int] = {}
         self.dim_edges: List[Tuple[Dim, Dim, str]] = []
         self.roles: Dict[Dim, str] = {}
-        self.node_of_key: Dict[str, fx.Node] = {}
-        self.param_users: Dict[str, List[fx.Node]] = {}
-        self.attr_of: Dict[str, str] = {}   # get_attr node vertex -> parameter vertex
+        self.param_users: Dict[ValueKey, List[fx.Node]] = {}
+        self.attr_of: Dict[ValueKey, ValueKey] = {}   # get_attr node vertex -> parameter vertex
 
     # ---- vertices ---------------------------------------------------------------------------------
-    def add_vertex(self, key: str, shape: Sequence[int]) -> str:
+    def add_vertex(self, key: ValueKey, shape: Sequence[int]) -> ValueKey:
         if key not in self.base:
             shape = tuple(int(s) for s in shape)
             self.shapes[key] = shape
@@ -162,21 +61,21 @@ class ChannelGraphBuilder:
             self.base[key] = dims
         return key
 
-    def param_key(self, tensor: torch.Tensor) -> Optional[str]:
+    def param_key(self, tensor: torch.Tensor) -> Optional[ValueKey]:
         name = self.tensor_names.get(id(tensor))
         if name is None:
             return None
-        return self.add_vertex(f"p:{name}", tensor.shape)
+        return self.add_vertex(ValueKey(PARAM, name), tensor.shape)
 
     # ---- couplings ------------------------------------------------------------------------------
-    def couple_whole(self, a: str, da: int, b: str, db: int, kind: str = "same") -> None:
+    def couple_whole(self, a: ValueKey, da: int, b: ValueKey, db: int, kind: str = "same") -> None:
         """Position i of a[da] goes with position i of b[db] (equal sizes, checked by the caller)."""
         self.whole_a.append(self.base[a][da])
         self.whole_b.append(self.base[b][db])
         if a != b or da != db:
             self.dim_edges.append(((a, da), (b, db), kind))
 
-    def couple(self, a: str, da: int, b: str, db: int, pa=None, pb=None, kind: str = "same") -> None:
+    def couple(self, a: ValueKey, da: int, b: ValueKey, db: int, pa=None, pb=None, kind: str = "same") -> None:
         pa = None if pa is None else np.asarray(pa, dtype=np.int64)
         pb = None if pb is None else np.asarray(pb, dtype=np.int64)
         na = self.shapes[a][da] if pa is None else len(pa)
@@ -190,14 +89,14 @@ class ChannelGraphBuilder:
         if (a, da) != (b, db):
             self.dim_edges.append(((a, da), (b, db), kind))
 
-    def block(self, key: str, dim: int, reason: str, positions=None) -> None:
+    def block(self, key: ValueKey, dim: int, reason: str, positions=None) -> None:
         idx = self.reason_index.setdefault(reason, len(self.reasons))
         if idx == len(self.reasons):
             self.reasons.append(reason)
         positions = None if positions is None else np.asarray(positions, dtype=np.int64)
         self.blocked.append((self.base[key][dim], positions, idx))
 
-    def block_all(self, key: str, reason: str) -> None:
+    def block_all(self, key: ValueKey, reason: str) -> None:
         for d in range(len(self.shapes[key])):
             self.block(key, d, reason)
 
@@ -264,7 +163,7 @@ class ChannelGraphBuilder:
         each unit, whether each group is blocked, index of each unit in its group, ids of kept units)."""
         n_comps, n_cls = len(comp_reason), len(classes.size)
         is_param = np.zeros(n_cls, dtype=bool)
-        is_param[classes.cls[np.array([k.startswith("p:") for k, _ in self.dim_keys], dtype=bool)]] = True
+        is_param[classes.cls[np.array([k.kind == PARAM for k, _ in self.dim_keys], dtype=bool)]] = True
         comp_has_param = np.zeros(n_comps, dtype=bool)
         comp_has_param[label[is_param[classes.cls_of_id]]] = True
         ids = np.nonzero(comp_has_param[label])[0]
@@ -318,7 +217,7 @@ class ChannelGraphBuilder:
             for d in dims_of_class[c]:
                 key, dim = self.dim_keys[d]
                 role = None
-                if key[0] == "p":
+                if key.kind == PARAM:
                     # parameters make their channel unless a rule says they only read it (input columns)
                     role = roles.get((key, dim), PRODUCER)
                     shape = self.shapes[key]

@@ -1,4 +1,5 @@
-"""Attention with head dims that no longer equal embed_dim / num_heads: what pruned attention becomes.
+"""Attention with head dims that no longer equal embed_dim / num_heads: what pruned attention becomes
+(the rules that prune attention and count its MACs are in `fxcompress.ops.attention`).
 
 `nn.MultiheadAttention` and torchvision's `shifted_window_attention` derive the head dim (and the
 1/sqrt(head_dim) scale) from the embedding width, so once q/k or v head dims are pruned they cannot
@@ -120,36 +121,3 @@ def window_attention(input: torch.Tensor, qkv_weight: torch.Tensor, proj_weight:
     if sum(shift) > 0:
         x = torch.roll(x, shifts=(shift[0], shift[1]), dims=(1, 2))
     return x[:, :H, :W, :].contiguous()
-
-
-# ---- MACs of the replacements, registered beside the torch/torchvision rules in fxcompress.flops
-def _pruned_mha_macs(node, m) -> int:
-    from .tracing import node_shape
-    q = node_shape(node.args[0]) if node.args else None
-    if q is None:
-        return 0
-    B, L = (q[0], q[1]) if m.batch_first else (q[1], q[0])
-    h, qk, v = m.num_heads, m.qk_dim, m.v_dim
-    return B * L * (m.embed_dim * h * (2 * qk + v) + L * h * (qk + v) + h * v * m.embed_out)
-
-
-def _window_attention_macs(node, _) -> int:
-    from .tracing import node_shape
-    x = node_shape(node.args[0])
-    if x is None:
-        return 0
-    B, H, W, C = x
-    window, heads = node.args[4], node.args[5]
-    qk, v = node.kwargs["qk_dim"], node.kwargs["v_dim"]
-    c_out = node_shape(node)[-1]
-    tokens = B * math.ceil(H / window[0]) * window[0] * math.ceil(W / window[1]) * window[1]
-    return tokens * (C * heads * (2 * qk + v) + window[0] * window[1] * heads * (qk + v) + heads * v * c_out)
-
-
-def _register_macs():
-    from . import flops
-    flops.MODULE_RULES[PrunedMultiheadAttention] = _pruned_mha_macs
-    flops.FUNCTION_RULES[window_attention] = _window_attention_macs
-
-
-_register_macs()

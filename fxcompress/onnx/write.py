@@ -1,4 +1,5 @@
-"""Writing a GraphModule to ONNX and running it in onnxruntime. The ExportONNX pass is built on this."""
+"""Writing a GraphModule to an ONNX file: torch's exporter, onnx.checker, an atomic write after a check.
+The ExportONNX pass is built on this."""
 from __future__ import annotations
 
 import io
@@ -9,8 +10,8 @@ import numpy as np
 import onnx
 import torch
 
-from .errors import ExportError
-from .io import atomic_output
+from ..core.errors import ExportError
+from ..core.files import atomic_output
 
 DEFAULT_OPSET = 17
 
@@ -39,7 +40,7 @@ def to_onnx_proto(module: torch.nn.Module, example_inputs: Sequence[torch.Tensor
 
 
 def _flat(out):
-    from .verify import flatten_outputs
+    from ..core.verify import flatten_outputs
     return flatten_outputs(out)
 
 
@@ -56,22 +57,3 @@ def save_checked(proto: onnx.ModelProto, path: str, check: Optional[Callable[[st
         except OSError as e:
             raise ExportError(f"cannot write {path}: {e}") from e
         return check(tmp) if check else {}
-
-
-def ort_session(path: str, threads: int = 2, optimized_model_path: Optional[str] = None, spinning: bool = False):
-    """A CPU session. Spinning is off by default: idle spinning threads of one session steal the cores of
-    another, which makes side-by-side timings of several sessions depend on their order (seen here: 1.9x)."""
-    import onnxruntime as ort
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    if not spinning:
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if optimized_model_path:
-        opts.optimized_model_filepath = optimized_model_path
-    return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-
-
-def run_ort(session, inputs: Sequence[torch.Tensor]) -> List[np.ndarray]:
-    feeds = {i.name: t.detach().cpu().numpy() for i, t in zip(session.get_inputs(), inputs)}
-    return session.run(None, feeds)

@@ -10,7 +10,7 @@ import torch.fx as fx
 from torch.fx.passes.shape_prop import TensorMetadata, _extract_tensor_metadata
 from torch.utils import _pytree as pytree
 
-from .errors import ShapeError, TraceError
+from ..core.errors import ShapeError, TraceError
 
 
 class LeafTracer(fx.Tracer):

@@ -1,0 +1,1 @@
+"""Folding affine layers into their producers: BatchNorm into conv/linear (`batchnorm`)."""

@@ -1,0 +1,185 @@
+"""Attention: nn.MultiheadAttention, torchvision's Swin window attention, scaled_dot_product_attention,
+and their pruned forms (`ops.attention_modules`: explicit head dims once they no longer equal
+embed_dim / num_heads).
+
+MACs: projections plus the two attention products, read from the parameter shapes, so they hold for
+pruned head dims too. Channels: the packed q/k/v projection (rows [q | k | v], heads x head dim each)
+prunes the same q/k head-dim index in every head of q and k, the same v index in every head of v and the
+matching output-projection column; num_heads stays, head dims shrink. Under pruning an
+nn.MultiheadAttention becomes a PrunedMultiheadAttention and Swin's attention calls window_attention,
+both with the original 1/sqrt(head dim) scale.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .attention_modules import PrunedMultiheadAttention, window_attention
+from .registry import COUPLING, MACS, RESIZE, numel, optional
+
+SWIN_ATTENTION = optional("torchvision.models.swin_transformer", "shifted_window_attention")
+WINDOW_ATTENTION_ARGS = ("input", "qkv_weight", "proj_weight", "relative_position_bias", "window_size", "num_heads",
+                         "shift_size", "attention_dropout", "dropout", "qkv_bias", "proj_bias", "logit_scale",
+                         "training")
+
+
+def head_dims(qkv_rows: int, out_cols: int, heads: int) -> tuple:
+    """(q/k head dim, v head dim) of a packed projection with h * (2 qk + v) rows feeding an output
+    projection with h * v columns."""
+    v = out_cols // heads
+    return (qkv_rows // heads - v) // 2, v
+
+
+# ---- MACs
+@MACS.register(nn.MultiheadAttention, PrunedMultiheadAttention)
+def multihead_attention_macs(v) -> int:
+    m, q = v.module, v.arg(0)
+    k = v.arg(1) or q
+    if q is None:
+        return 0
+    L, S = (q[1], k[1]) if m.batch_first else (q[0], k[0])
+    B = q[0] if m.batch_first else q[1]
+    if m.in_proj_weight is None:   # separate q/k/v projections (kdim, vdim != embed_dim): never pruned
+        E = m.embed_dim
+        return B * (L * E * E + S * E * m.kdim + S * E * m.vdim + 2 * L * S * E + L * E * E)
+    rows, e_in = v.param("in_proj_weight")
+    e_out, out_cols = v.param("out_proj.weight")
+    h = m.num_heads
+    qk, vd = head_dims(rows, out_cols, h)
+    return B * (L * e_in * h * qk + S * e_in * h * (qk + vd) + L * S * h * (qk + vd) + L * h * vd * e_out)
+
+
+@MACS.register(F.scaled_dot_product_attention)
+def sdpa_macs(v) -> int:
+    q, k = v.arg(0), v.arg(1)
+    if q is None or k is None:
+        return 0
+    return 2 * numel(q[:-1]) * k[-2] * q[-1]
+
+
+@MACS.register(SWIN_ATTENTION, window_attention)
+def window_attention_macs(v) -> int:
+    """Projections plus attention inside each (padded) window."""
+    x = v.arg(0)
+    if x is None:
+        return 0
+    B, H, W, C = x
+    window, heads = v.raw(4, "window_size"), v.raw(5, "num_heads")
+    rows = v.arg(1, "qkv_weight")[0]
+    c_out, out_cols = v.arg(2, "proj_weight")
+    qk, vd = head_dims(rows, out_cols, heads)
+    tokens = B * math.ceil(H / window[0]) * window[0] * math.ceil(W / window[1]) * window[1]
+    return tokens * (C * rows + window[0] * window[1] * heads * (qk + vd) + heads * vd * c_out)
+
+
+# ---- channel coupling
+def attention_heads(r, x, y, qkv_w, qkv_b, out_w, out_b, heads: int, qk: int, v: int) -> None:
+    """Couplings of a packed q/k/v projection and the output projection (see the module docstring)."""
+    for d in range(r.rank(y) - 1):
+        r.same(x, d, y, d)
+    r.same(x, -1, qkv_w, 1)
+    r.produces(qkv_w, 0)
+    r.consumes(qkv_w, 1)
+    h = np.arange(heads)[:, None]
+    qk_j, v_j = np.arange(qk)[None, :], np.arange(v)[None, :]
+    q_rows = (h * qk + qk_j).ravel()
+    k_rows = heads * qk + q_rows
+    v_rows = 2 * heads * qk + (h * v + v_j).ravel()
+    first_q = np.tile(np.arange(qk), heads)
+    first_v = 2 * heads * qk + np.tile(np.arange(v), heads)
+    r.couple(qkv_w, 0, qkv_w, 0, np.concatenate([q_rows, k_rows]), np.concatenate([first_q, first_q]),
+             kind="q/k head dim")
+    r.couple(qkv_w, 0, qkv_w, 0, v_rows, first_v, kind="v head dim")
+    r.couple(qkv_w, 0, out_w, 1, v_rows, np.arange(heads * v), kind="v -> out proj")
+    r.consumes(out_w, 1)
+    r.produces(out_w, 0)
+    if qkv_b is not None:
+        r.same(qkv_w, 0, qkv_b, 0)
+        r.produces(qkv_b, 0)
+    r.same(y, -1, out_w, 0)
+    if out_b is not None:
+        r.same(y, -1, out_b, 0)
+        r.produces(out_b, 0)
+
+
+@COUPLING.register(nn.MultiheadAttention, PrunedMultiheadAttention)
+def multihead_attention_coupling(r) -> None:
+    m = r.module
+    q, k, v = r.arg(0, "query"), r.arg(1, "key"), r.arg(2, "value")
+    if not m._qkv_same_embed_dim or m.bias_k is not None or not (q == k == v):
+        raise ValueError("only packed self-attention is handled")
+    if r.raw(3, "key_padding_mask") is not None or r.raw(5, "attn_mask") is not None:
+        raise ValueError("attention masks")
+    y = r.out(0)
+    if not m.batch_first:
+        r.same(q, 0, y, 0)
+    qk, v = getattr(m, "qk_dim", m.head_dim), getattr(m, "v_dim", m.head_dim)
+    attention_heads(r, q, y, r.param("in_proj_weight"), r.param("in_proj_bias"), r.param("out_proj.weight"),
+                    r.param("out_proj.bias"), m.num_heads, qk, v)
+    w = r.out(1)
+    if w is not None:
+        r.block_all(w, "attention weights")
+
+
+@COUPLING.register(SWIN_ATTENTION, window_attention)
+def window_attention_coupling(r) -> None:
+    """Swin: x[B,H,W,C]; the relative position bias is per head and stays."""
+    x, y = r.arg(0, "input"), r.out()
+    qkv_w, proj_w = r.arg(1, "qkv_weight"), r.arg(2, "proj_weight")
+    heads = r.raw(5, "num_heads")
+    qk = r.node.kwargs.get("qk_dim", r.shape(qkv_w)[0] // 3 // heads)
+    v = r.node.kwargs.get("v_dim", qk)
+    attention_heads(r, x, y, qkv_w, r.arg(9, "qkv_bias"), proj_w, r.arg(10, "proj_bias"), heads, qk, v)
+    for d in range(3):
+        r.same(x, d, y, d)
+
+
+# ---- resizing under pruning
+@RESIZE.register(nn.MultiheadAttention, PrunedMultiheadAttention)
+def multihead_attention_resize(s, node, m):
+    h = m.num_heads
+    old_qk, old_v = getattr(m, "qk_dim", m.head_dim), getattr(m, "v_dim", m.head_dim)
+    mask = s.param_mask(f"{node.target}.in_proj_weight", 0)
+    new_qk, new_v = (old_qk, old_v) if mask is None else \
+        (int(mask[:old_qk].sum()), int(mask[2 * h * old_qk:2 * h * old_qk + old_v].sum()))
+    if isinstance(m, PrunedMultiheadAttention):
+        m.qk_dim = m.head_dim = new_qk
+        m.v_dim = new_v
+        m.embed_dim, m.embed_out = m.in_proj_weight.shape[1], m.out_proj.weight.shape[0]
+        m.out_proj.in_features, m.out_proj.out_features = m.out_proj.weight.shape[1], m.out_proj.weight.shape[0]
+        return None
+    if m.in_proj_weight.shape[0] == 3 * m.embed_dim and m.out_proj.weight.shape == (m.embed_dim, m.embed_dim):
+        return None
+    new = PrunedMultiheadAttention(m.in_proj_weight.shape[1], m.out_proj.weight.shape[0], h, new_qk, new_v,
+                                   1.0 / math.sqrt(old_qk), m.batch_first, bias=m.in_proj_bias is not None,
+                                   dropout=m.dropout, dtype=m.in_proj_weight.dtype, device=m.in_proj_weight.device)
+    new.in_proj_weight = m.in_proj_weight
+    new.in_proj_bias = m.in_proj_bias
+    new.out_proj.weight, new.out_proj.bias = m.out_proj.weight, m.out_proj.bias
+    new.train(m.training)
+    return new
+
+
+@RESIZE.register(SWIN_ATTENTION, window_attention)
+def window_attention_resize(s, node, _):
+    """Call window_attention with the head dims that are left and the original scale."""
+    kw = dict(node.kwargs)
+    for i, n in enumerate(WINDOW_ATTENTION_ARGS):
+        if i < len(node.args):
+            kw[n] = node.args[i]
+    heads = kw["num_heads"]
+    old_rows = s.old_shape(kw["qkv_weight"])[0]
+    old_qk = kw.get("qk_dim", old_rows // 3 // heads)
+    old_v = kw.get("v_dim", old_qk)
+    m = s.node_mask(kw["qkv_weight"], 0)
+    if m is None:
+        return
+    kw["qk_dim"] = int(m[:old_qk].sum())
+    kw["v_dim"] = int(m[2 * heads * old_qk:2 * heads * old_qk + old_v].sum())
+    kw.setdefault("scale", 1.0 / math.sqrt(s.old_shape(kw["input"])[-1] // heads))
+    node.target = window_attention
+    node.args = tuple(kw.pop(n) for n in WINDOW_ATTENTION_ARGS[:7])
+    node.kwargs = kw

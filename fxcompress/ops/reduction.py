@@ -1,0 +1,44 @@
+"""Reductions and normalisations over a dim: mean/sum/amax/max, softmax, log-softmax, F.normalize.
+
+Channels: reduced dims stop here (a mean over channels would change with pruning); the others pass.
+Softmax normalises over its dim, which therefore stays whole. F.normalize may lose channels along its
+dim: a zero entry adds nothing to the norm.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .registry import COUPLING
+
+
+@COUPLING.register("mean", "sum", "amax", "max", torch.mean, torch.sum, torch.amax)
+def reduction_coupling(r) -> None:
+    x, y = r.arg(0, "input"), r.out()
+    if y is None:
+        raise ValueError("non-tensor result")
+    dims = r.raw(1, "dim")
+    keepdim = r.raw(2, "keepdim", False)
+    if dims is None:
+        return
+    dims = {d % r.rank(x) for d in (dims if isinstance(dims, (list, tuple)) else [dims])}
+    j = 0
+    for d in range(r.rank(x)):
+        if d in dims:
+            j += 1 if keepdim else 0
+            continue
+        r.same(x, d, y, j)
+        j += 1
+
+
+@COUPLING.register(F.softmax, torch.softmax, F.log_softmax, torch.log_softmax, "softmax", "log_softmax")
+def softmax_coupling(r) -> None:
+    x, y = r.arg(0, "input"), r.out()
+    dim = r.raw(1, "dim")
+    r.identity(x, y, skip=(dim,))
+    r.block(y, dim, f"{r.name}: normalised over this dim")
+
+
+@COUPLING.register(F.normalize)
+def normalize_coupling(r) -> None:
+    r.identity(r.arg(0, "input"), r.out())

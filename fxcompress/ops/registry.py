@@ -1,0 +1,114 @@
+"""Op knowledge, registered one way: for each aspect (MACs, channel coupling, resizing under pruning,
+quantization, BatchNorm folding), one rule per module type, function or method name, looked up by what
+an fx node calls. Every rule of one op family lives in that family's module (`ops/conv.py`,
+`ops/attention.py`, ...), the way onnxruntime's `quantization/operators/` keeps one file per op.
+
+    from fxcompress.ops.registry import MACS, optional
+
+    @MACS.register(nn.Conv2d, F.conv2d, "conv2d", optional("torchvision.ops", "deform_conv2d"))
+    def conv_macs(v): ...
+
+A target is a module type (matched along the MRO, so subclasses inherit the rule), a function, or a
+method name (a string); `optional(module, name)` names a target of an optional package (None when it is
+not installed: skipped). `register(*targets, rule=value)` registers a value instead of decorating.
+"""
+from __future__ import annotations
+
+import importlib
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Optional
+
+import torch.fx as fx
+import torch.nn as nn
+
+
+class OpRegistry:
+    """One aspect of op knowledge: rules keyed by module type, function or method name."""
+
+    def __init__(self, aspect: str):
+        self.aspect = aspect
+        self.modules: Dict[type, Any] = {}
+        self.functions: Dict[Any, Any] = {}
+        self.methods: Dict[str, Any] = {}
+
+    def register(self, *targets, rule: Any = None):
+        """Register `rule` (or, used as a decorator, the decorated function) for every target."""
+        def add(value):
+            for t in targets:
+                if t is None:       # an optional target whose package is missing
+                    continue
+                if isinstance(t, str):
+                    self.methods[t] = value
+                elif isinstance(t, type) and issubclass(t, nn.Module):
+                    self.modules[t] = value
+                elif callable(t):
+                    self.functions[t] = value
+                else:
+                    raise TypeError(f"{self.aspect}: cannot register a rule for {t!r}")
+            return value
+        return add(rule) if rule is not None else add
+
+    def for_type(self, cls: type) -> Optional[Any]:
+        """The rule of a module type: its own, else that of its nearest registered base class."""
+        table = self.modules
+        for t in cls.__mro__:
+            rule = table.get(t)
+            if rule is not None:
+                return rule
+        return None
+
+    def lookup(self, node: fx.Node, module: Optional[nn.Module] = None) -> Optional[Any]:
+        """The rule for what `node` calls (`module`: the called module of a call_module node)."""
+        if node.op == "call_module":
+            return self.for_type(type(module))
+        if node.op == "call_function":
+            return self.functions.get(node.target)
+        if node.op == "call_method":
+            return self.methods.get(node.target)
+        return None
+
+
+def optional(module: str, name: str):
+    """`module.name` if that module imports (torchvision's wrapped leaf functions, say), else None."""
+    try:
+        return getattr(importlib.import_module(module), name, None)
+    except ImportError:
+        return None
+
+
+@dataclass(frozen=True)
+class QuantRule:
+    """How the INT8 lowering treats an op (see fxcompress/quant/insert.py for the roles):
+    - "weighted": conv / linear: int8 weight per output channel (`weight_axis`), uint8 input and output;
+    - "requantize": ops with integer kernels of their own (add, average pools, concat);
+    - "activation": ReLU-like ops after a quantized op: the quantizer moves after them;
+    - "passthrough": ops that only move or select values: they reuse their input's quantization."""
+    role: str
+    weight_axis: Optional[int] = None
+    upper_bound: Optional[Callable] = None        # activation: f(module or node) -> bound, None, or False (not ReLU-like)
+    float_output_ok: Optional[Callable] = None    # weighted: f(node) -> True if the output may stay float
+    min_tensor_inputs: int = 1                    # requantize: fewer float tensor operands -> left in float
+
+
+# MACs: rule(view) -> int, view a fxcompress.graph.macs.MacView (shapes of the node, its inputs and params)
+MACS = OpRegistry("MACs")
+# channel coupling: rule(r) declares couplings through r, a fxcompress.prune.coupling.RuleCtx;
+# PASSIVE marks ops that read only metadata (sizes, rank) and constrain no channel
+COUPLING = OpRegistry("channel coupling")
+# resizing under pruning: rule(state, node, module) -> replacement module or None; module attributes
+# (in/out channels, groups...) follow the sliced parameters, graph constants (view sizes...) the masks
+RESIZE = OpRegistry("resizing")
+# quantization: a QuantRule value per op
+QUANT = OpRegistry("quantization")
+# BatchNorm folding: rule(module) -> the weight axis holding output channels, or None (cannot absorb BN)
+BN_FOLD = OpRegistry("BatchNorm folding")
+
+
+def numel(shape) -> int:
+    """Elements of a tensor of this shape; 0 when the shape is unknown (MACs rules count nothing then)."""
+    return int(math.prod(shape)) if shape is not None else 0
+
+
+def PASSIVE(r) -> None:
+    """Coupling rule of ops that read only a tensor's metadata: they constrain no channel."""

@@ -1,0 +1,143 @@
+"""Shape ops: view/reshape/flatten/unflatten/squeeze/unsqueeze, permute/transpose, expand, and the ops
+that only read a tensor's metadata (size, dim, len...).
+
+Channels: dims kept whole pass through; where dims fold (NCHW -> N(CHW)), the flat dim follows the
+largest folded dim and the other folded dims stop here; permutes move couplings along. Under pruning the
+size constants baked into view/reshape/expand/unflatten calls follow the new shapes. INT8: they only move
+values, so they reuse their input's quantization.
+"""
+from __future__ import annotations
+
+import builtins
+import operator
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .registry import COUPLING, PASSIVE, QUANT, RESIZE, QuantRule
+
+# ops that read only a tensor's metadata (shape, rank): they constrain no channel
+COUPLING.register(builtins.getattr, torch._assert, operator.eq, operator.ne, operator.floordiv, builtins.len,
+                  "size", "dim", "numel", rule=PASSIVE)
+QUANT.register(nn.Flatten, torch.flatten, torch.reshape, "flatten", "view", "reshape", rule=QuantRule("passthrough"))
+
+
+def _align_blocks(sin: Sequence[int], sout: Sequence[int]):
+    """Split a reshape into blocks of consecutive input/output dims with equal products."""
+    blocks, i, j = [], 0, 0
+    while i < len(sin) or j < len(sout):
+        ins, outs, pi, pj = [], [], 1, 1
+        if i < len(sin):
+            ins.append(i); pi *= sin[i]; i += 1
+        if j < len(sout):
+            outs.append(j); pj *= sout[j]; j += 1
+        while pi != pj:
+            if pi < pj and i < len(sin):
+                ins.append(i); pi *= sin[i]; i += 1
+            elif pj < pi and j < len(sout):
+                outs.append(j); pj *= sout[j]; j += 1
+            else:
+                return None
+        blocks.append((ins, outs))
+    return blocks
+
+
+def _index_in_block(shape, dims, d):
+    """For flat positions p of the block `dims`, the index along dim d."""
+    total = int(np.prod([shape[k] for k in dims]))
+    stride = int(np.prod([shape[k] for k in dims[dims.index(d) + 1:]]))
+    return (np.arange(total) // stride) % shape[d]
+
+
+def reshape_between(r, x, y) -> None:
+    """Dims kept whole pass through; where dims fold (flatten, view), the flat dim follows the largest
+    folded dim (the channels in NCHW -> N(CHW)), the other folded dims stop here."""
+    sin, sout = r.shape(x), r.shape(y)
+    blocks = _align_blocks(sin, sout)
+    if blocks is None:
+        raise ValueError(f"cannot align {sin} -> {sout}")
+    for ins, outs in blocks:
+        ins_nt = [d for d in ins if sin[d] != 1]
+        outs_nt = [d for d in outs if sout[d] != 1]
+        if not ins_nt or not outs_nt:
+            continue
+        if len(ins_nt) == 1 and len(outs_nt) == 1:
+            r.same(x, ins_nt[0], y, outs_nt[0], kind="reshape")
+            continue
+        di = max(ins_nt, key=lambda d: (sin[d], -d))
+        do = max(outs_nt, key=lambda d: (sout[d], -d))
+        r.couple(x, di, y, do, _index_in_block(sin, ins, di), _index_in_block(sout, outs, do), kind="fold")
+
+
+@COUPLING.register("view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "view_as", "reshape_as",
+                   torch.reshape, torch.flatten, torch.squeeze, torch.unsqueeze, torch.unflatten, nn.Flatten,
+                   nn.Unflatten)
+def reshape_coupling(r) -> None:
+    reshape_between(r, r.arg(0, "input"), r.out())
+
+
+@COUPLING.register("permute", torch.permute)
+def permute_coupling(r) -> None:
+    x, y = r.arg(0, "input"), r.out()
+    dims = r.node.args[1:] if r.node.op == "call_method" else [r.raw(1, "dims")]
+    if len(dims) == 1 and isinstance(dims[0], (list, tuple)):
+        dims = dims[0]
+    if not dims:
+        dims = r.node.kwargs.get("dims")
+    for j, d in enumerate(dims):
+        r.same(x, d, y, j)
+
+
+@COUPLING.register("transpose", "swapaxes", torch.transpose, torch.swapaxes)
+def transpose_coupling(r) -> None:
+    x, y = r.arg(0, "input"), r.out()
+    a, b = r.raw(1, "dim0"), r.raw(2, "dim1")
+    a, b = a % r.rank(x), b % r.rank(x)
+    perm = list(range(r.rank(x)))
+    perm[a], perm[b] = perm[b], perm[a]
+    for j, d in enumerate(perm):
+        r.same(x, d, y, j)
+
+
+@COUPLING.register("expand", "expand_as")
+def expand_coupling(r) -> None:
+    r.broadcast(r.arg(0), r.out())
+
+
+# ---- resizing under pruning: size constants follow the new shapes
+def _shape_spec(node, first: int):
+    spec = node.args[first:]
+    if len(spec) == 1 and isinstance(spec[0], (list, tuple, torch.Size)):
+        return list(spec[0]), True
+    return list(spec), False
+
+
+@RESIZE.register("view", "reshape", "expand", torch.reshape)
+def shape_args_resize(s, node, _):
+    if not s.changed(node):
+        return
+    new = s.node_shape(node)
+    if node.op == "call_function":
+        spec = list(node.args[1] if len(node.args) > 1 else node.kwargs["shape"])
+        packed = True
+    else:
+        spec, packed = _shape_spec(node, 1)
+    if len(spec) != len(new):
+        return
+    spec = [new[i] if isinstance(v, int) and v != -1 else v for i, v in enumerate(spec)]
+    if node.op == "call_function":
+        node.args = (node.args[0], tuple(spec)) + tuple(node.args[2:])
+    else:
+        node.args = (node.args[0], tuple(spec)) if packed else (node.args[0], *spec)
+
+
+@RESIZE.register("unflatten", torch.unflatten)
+def unflatten_resize(s, node, _):
+    if not s.changed(node):
+        return
+    dim, sizes = node.args[1], node.args[2]
+    dim = dim % len(s.node_shape(node.args[0]))
+    new = s.node_shape(node)
+    node.args = (node.args[0], node.args[1], tuple(new[dim:dim + len(sizes)]))

@@ -1,0 +1,150 @@
+"""Physically removing channels: apply a plan (group -> kept units) to a GraphModule.
+
+Parameters are sliced along every pruned dimension; module attributes (in/out channels, groups,
+num_features...) and constants baked into the graph (reshape sizes, slice bounds, split sizes, functional
+conv groups, attention head dims) follow through the resize rules of `fxcompress.ops` (registry
+`RESIZE`). The new model is built beside the old one (unpruned tensors are shared, never modified), then
+checked: every node must have the shape the plan predicts, and the output must equal the old model's
+with the removed channels zeroed (`verify_exactness`).
+
+    new, metrics = prune(gm, groups_result, {group_id: kept_units, ...}, example_inputs)
+"""
+from __future__ import annotations
+
+import copy
+from typing import Dict, Mapping
+
+import numpy as np
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+from .. import ops  # noqa: F401  (registers every op family's rules)
+from ..core.errors import VerificationError
+from ..core.verify import compare_exact, run_eval
+from ..graph.keys import output_keys
+from ..graph.tracing import propagate_shapes
+from ..ops.registry import RESIZE
+from .groups import PRODUCER, ChannelGroupsResult
+from .state import PruneState, keep_masks, normalize_plan
+
+
+def _index(t: torch.Tensor, key, s: PruneState) -> torch.Tensor:
+    for d in range(t.dim()):
+        m = s.mask(key, d)
+        if m is not None and not m.all():
+            t = t.index_select(d, torch.from_numpy(np.nonzero(m)[0]).to(t.device))
+    return t
+
+
+def apply_plan(gm: fx.GraphModule, result: ChannelGroupsResult, plan: Mapping) -> fx.GraphModule:
+    """A new GraphModule with the plan's removed units gone; `gm` is left as it was."""
+    plan = normalize_plan(result, plan)
+    masks = keep_masks(result, plan)
+    tensors = list(gm.parameters()) + list(gm.buffers())
+    memo = {id(t): t for t in tensors}
+    new = copy.deepcopy(gm, memo)
+    s = PruneState(result, masks)
+    names_of: Dict[int, list] = {}
+    for name, t in list(new.named_parameters(remove_duplicate=False)) + list(new.named_buffers(remove_duplicate=False)):
+        names_of.setdefault(id(t), []).append(name)
+    replaced = {}
+    for key in {k for k, _ in masks if k.is_param}:
+        old = new.get_parameter(key.name) if _is_param(new, key.name) else new.get_buffer(key.name)
+        if id(old) in replaced:
+            continue
+        with torch.no_grad():
+            data = _index(old.detach(), key, s).clone()
+        value = nn.Parameter(data, requires_grad=old.requires_grad) if isinstance(old, nn.Parameter) else data
+        replaced[id(old)] = value
+        for name in names_of.get(id(old), [key.name]):
+            owner, _, attr = name.rpartition(".")
+            setattr(new.get_submodule(owner) if owner else new, attr, value)
+    new_ids = {id(t) for t in replaced.values()}
+    modules = dict(new.named_modules())
+    done = set()
+    for node in new.graph.nodes:
+        if node.op == "call_module" and node.target not in done:
+            m = modules[node.target]
+            rule = RESIZE.lookup(node, m)
+            touched = any(id(t) in new_ids for t in list(m.parameters()) + list(m.buffers())) or \
+                s.changed(node) or any(s.changed(a) for a in node.all_input_nodes)
+            if rule is not None and touched:
+                done.add(node.target)
+                replacement = rule(s, node, m)
+                if replacement is not None:
+                    owner, _, attr = node.target.rpartition(".")
+                    setattr(new.get_submodule(owner) if owner else new, attr, replacement)
+        elif node.op in ("call_function", "call_method"):
+            rule = RESIZE.lookup(node)
+            if rule is not None:
+                rule(s, node, None)
+    new.recompile()
+    return new
+
+
+def _is_param(gm, name) -> bool:
+    owner, _, attr = name.rpartition(".")
+    return attr in (gm.get_submodule(owner) if owner else gm)._parameters
+
+
+def check_shapes(new: fx.GraphModule, result: ChannelGroupsResult, masks, example_inputs) -> None:
+    """Run the pruned graph; every node must have exactly the shape the plan predicts."""
+    s = PruneState(result, masks)
+    try:
+        propagate_shapes(new, example_inputs)
+    except Exception as e:
+        raise VerificationError(f"the pruned model no longer runs: {e}") from e
+    for node in new.graph.nodes:
+        for key, shape in output_keys(node).items():
+            if key in result.shapes and tuple(shape) != s.new_shape(key):
+                raise VerificationError(f"after pruning, node {node.name!r} has shape {tuple(shape)}, the plan "
+                                        f"predicts {s.new_shape(key)} (was {result.shapes[key]}); an op rule "
+                                        f"is wrong for {node.op} {node.target}")
+
+
+def zeroed_outputs(gm: fx.GraphModule, result: ChannelGroupsResult, plan: Dict[int, np.ndarray], inputs):
+    """The unpruned model's outputs with the removed channels zeroed at their producers (weights, biases,
+    norm affines of the removed units), computed in place and restored afterwards."""
+    saved = []
+    try:
+        with torch.no_grad():
+            for gid, kept in plan.items():
+                for m in result.groups[gid].members:
+                    if not m.is_param or m.role != PRODUCER:
+                        continue
+                    t = gm.get_parameter(m.name) if _is_param(gm, m.name) else gm.get_buffer(m.name)
+                    pos = torch.from_numpy(m.positions[~np.isin(m.units, kept)]).to(t.device)
+                    if len(pos) == 0:
+                        continue
+                    saved.append((t, m.dim, pos, t.index_select(m.dim, pos).clone()))
+                    t.index_fill_(m.dim, pos, 0.0)
+            was_training = gm.training
+            gm.eval()
+            out = gm(*inputs)
+            gm.train(was_training)
+    finally:
+        with torch.no_grad():
+            for t, d, pos, values in reversed(saved):
+                t.index_copy_(d, pos, values)
+    return out
+
+
+def prune(gm: fx.GraphModule, result: ChannelGroupsResult, plan: Mapping, example_inputs,
+          verify: bool = True) -> tuple:
+    """Apply a plan, check shapes and (with `verify`) exactness. Returns (new gm, metrics)."""
+    norm = normalize_plan(result, plan)
+    new = apply_plan(gm, result, norm)
+    metrics = {"groups_pruned": len(norm),
+               "units_removed": int(sum(result.groups[g].size - len(k) for g, k in norm.items()))}
+    if verify:
+        check_shapes(new, result, keep_masks(result, norm), example_inputs)
+        metrics.update(verify_exactness(gm, new, result, norm, example_inputs))
+    return new, metrics
+
+
+def verify_exactness(gm, new, result, plan, example_inputs) -> dict:
+    """Pruned output vs the unpruned output with the removed channels zeroed (float64 re-check when
+    float32 rounding alone exceeds the tolerance: see core.verify.compare_exact)."""
+    return compare_exact(lambda x: zeroed_outputs(gm, result, plan, x), lambda x: run_eval(new, x), (gm, new),
+                         example_inputs, "pruned model vs unpruned model with the removed channels zeroed")

@@ -1,0 +1,100 @@
+"""Checking the channel analysis' predictions on a pruned copy before anyone relies on them.
+
+The op rules predict every tensor's shape after pruning. A size computed in the graph from another
+tensor's shape (`x.view(a.size(0), -1)`, `torch.zeros(n, ...)`) may not follow: remove one unit of every
+prunable group in a copy of the model and run it; a node that then fails or changes shape unpredictably
+fixes the groups that reach it. The copy lives on the meta device (shapes only, no memory); a model that
+meta tensors cannot run is probed on a real copy instead (its unpruned tensors shared).
+"""
+from __future__ import annotations
+
+import copy
+from typing import Dict, Optional
+
+import numpy as np
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+from ..graph.keys import NODE, ValueKey
+from .apply import apply_plan
+from .groups import ChannelGroupsResult
+from .state import PruneState, keep_masks
+
+SIZE_ARG_OPS = {"view", "reshape", "expand", "new_zeros", "new_ones", "new_empty", "new_full", "repeat",
+                torch.reshape, torch.zeros, torch.ones, torch.empty, torch.full, torch.arange}
+
+
+def _has_dynamic_size(node: fx.Node) -> bool:
+    """A shape argument computed in the graph (from some tensor's size), not a constant."""
+    if node.op not in ("call_method", "call_function") or node.target not in SIZE_ARG_OPS:
+        return False
+    args = list(node.args[1:] if node.op == "call_method" or node.target is torch.reshape else node.args)
+    flat = [a for x in args for a in (x if isinstance(x, (list, tuple)) else [x])]
+    return any(isinstance(a, fx.Node) for a in flat)
+
+
+def _meta_copy(gm: fx.GraphModule) -> fx.GraphModule:
+    """A copy of gm whose parameters and buffers live on the meta device."""
+    memo = {}
+    for t in list(gm.parameters()) + list(gm.buffers()):
+        meta = t.detach().to("meta")
+        memo[id(t)] = nn.Parameter(meta, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else meta
+    return copy.deepcopy(gm, memo)
+
+
+def _first_mismatch(gm: fx.GraphModule, result: ChannelGroupsResult, masks, inputs) -> Optional[fx.Node]:
+    """Run gm; the first node that fails or whose shape differs from the prediction (None if all hold)."""
+    s = PruneState(result, masks)
+
+    class Probe(fx.Interpreter):
+        failed = None
+
+        def run_node(self, n):
+            try:
+                out = super().run_node(n)
+            except Exception:
+                Probe.failed = n
+                raise
+            items = {ValueKey(NODE, n.name): out} if isinstance(out, torch.Tensor) else \
+                {ValueKey(NODE, n.name, i): v for i, v in enumerate(out)} if isinstance(out, (tuple, list)) else {}
+            for key, value in items.items():
+                if isinstance(value, torch.Tensor) and key in result.shapes and \
+                        tuple(value.shape) != s.new_shape(key):
+                    Probe.failed = n
+                    raise RuntimeError("shape mismatch")
+            return out
+    try:
+        with torch.no_grad():
+            Probe(gm).run(*inputs)
+    except Exception:
+        return Probe.failed or next(iter(gm.graph.nodes))
+    return None
+
+
+def probe_groups(gm: fx.GraphModule, result: ChannelGroupsResult, example_inputs,
+                 max_rounds: int = 30) -> tuple:
+    """Returns ({group id: why it must stay whole}, how the probe ran: "not needed" | "meta" | "real")."""
+    if not any(_has_dynamic_size(n) for n in gm.graph.nodes):
+        return {}, "not needed"   # every size in the graph follows its tensors: the predictions are complete
+    base, inputs, how = _meta_copy(gm), tuple(t.to("meta") for t in example_inputs), "meta"
+    if _first_mismatch(base, result, {}, inputs) is not None:
+        base, inputs, how = gm, tuple(example_inputs), "real"   # e.g. tensors made on the CPU inside forward
+    fixed: Dict[int, str] = {}
+    for _ in range(max_rounds):
+        plan = {g.id: np.arange(1, g.size) for g in result.prunable() if g.size > 1 and g.id not in fixed}
+        if not plan:
+            break
+        new = apply_plan(base, result, plan)
+        was_training = new.training
+        new.eval()
+        node = _first_mismatch(new, result, keep_masks(result, plan), inputs)
+        new.train(was_training)
+        if node is None:
+            break
+        names = {node.name} | {a.name for a in node.all_input_nodes}
+        culprits = [gid for gid in plan if any(m.key.node_name in names for m in result.groups[gid].members)]
+        for gid in culprits or list(plan):   # cannot tell which group: fix them all rather than guess
+            fixed[gid] = (f"pruning it breaks {node.op} {getattr(node.target, '__name__', node.target)} "
+                          f"({node.name}): a size there is computed from another tensor")
+    return fixed, how
