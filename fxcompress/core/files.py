@@ -21,6 +21,21 @@ def check_writable(path: str) -> str:
     return path
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (os.umask is set-and-get and racy
+    with other threads creating files)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_output(path: str, suffix: str = ""):
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
@@ -30,6 +45,8 @@ def atomic_output(path: str, suffix: str = ""):
     os.close(fd)
     try:
         yield tmp
+        # mkstemp creates 0600; give the result the mode a plain open(path, "w") would have
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
