@@ -1,9 +1,11 @@
 """MagnitudePrune: one-shot structured pruning by the summed norm of every coupled weight."""
 from __future__ import annotations
 
+import math
 from typing import Iterable, Optional
 
 from fxcompress.prune.apply import prune
+from fxcompress.core.errors import PassError
 from fxcompress.core.pass_base import TransformPass
 from fxcompress.prune.plan import PlanMacs, magnitude_scores, plan_from_scores, refine_to_target, search_ratio
 
@@ -25,17 +27,26 @@ class MagnitudePrune(TransformPass):
     def __init__(self, ratio: float = 0.5, norm: float = 1, round_to: int = 1, global_ranking: bool = False,
                  ignore: Iterable[str] = (), target_macs: Optional[float] = None, refine: bool = True,
                  min_channels: int = 1):
-        if not isinstance(ratio, (int, float)) or not 0 <= ratio < 1:
-            raise ValueError(f"MagnitudePrune ratio must be in [0, 1), got {ratio!r}")
-        if not isinstance(norm, (int, float)) or norm <= 0:
-            raise ValueError(f"MagnitudePrune norm must be a positive number, got {norm!r}")
-        if not isinstance(round_to, int) or isinstance(round_to, bool) or round_to < 1:
-            raise ValueError(f"MagnitudePrune round_to must be an integer >= 1, got {round_to!r}")
-        if target_macs is not None and not 0 < target_macs < 1:
-            raise ValueError(f"MagnitudePrune target_macs is the fraction of MACs to keep, in (0, 1); "
-                             f"got {target_macs!r}")
-        if not isinstance(min_channels, int) or isinstance(min_channels, bool) or min_channels < 1:
-            raise ValueError(f"MagnitudePrune min_channels must be an integer >= 1, got {min_channels!r}")
+        def bad(option, value, want):
+            return PassError(f"MagnitudePrune option {option}={value!r} is invalid: {want}")
+
+        def is_number(v):
+            return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+        def is_int(v):
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        if not is_number(ratio) or not 0 <= ratio < 1:
+            raise bad("ratio", ratio, "give the fraction of each group's channels to remove, in [0, 1)")
+        if not is_number(norm) or norm <= 0:
+            raise bad("norm", norm, "give a positive number (1 for L1, 2 for L2)")
+        if not is_int(round_to) or round_to < 1:
+            raise bad("round_to", round_to, "give an integer >= 1 (kept channels are rounded up to a multiple)")
+        if target_macs is not None and (not is_number(target_macs) or not 0 < target_macs < 1):
+            raise bad("target_macs", target_macs, "give the fraction of the current MACs to keep, in (0, 1), "
+                                                  "or None to prune by ratio")
+        if not is_int(min_channels) or min_channels < 1:
+            raise bad("min_channels", min_channels, "give an integer >= 1 (no group is cut below it)")
         if isinstance(ignore, str):
             ignore = [ignore]
         self.ratio, self.norm, self.round_to = float(ratio), norm, round_to
@@ -46,12 +57,26 @@ class MagnitudePrune(TransformPass):
         modules = dict(ctx.gm.named_modules())
         unknown = [n for n in self.ignore if n not in modules]
         if unknown:
-            raise ValueError(f"MagnitudePrune ignore names unknown module(s) {unknown}; module names look like "
-                             f"{[n for n in list(modules)[1:4]]}")
+            raise PassError(f"MagnitudePrune option ignore names unknown module(s) {unknown}; use the model's "
+                            f"module names, e.g. {[n for n in list(modules)[1:4]]}")
 
         def ignored(group):
             return any(m.name == n or m.name.startswith(n + ".") for m in group.param_members() for n in self.ignore)
         return [g for g in result.prunable() if not ignored(g)]
+
+    def _unreachable(self, result, groups, macs: int, total: int) -> PassError:
+        fixed = [g for g in result.groups if not g.prunable]
+        reasons = result.summary()["fixed_reasons"]
+        top = "; ".join(list(reasons)[:3])
+        floor = max(self.round_to, self.min_channels)
+        reachable = math.ceil(1000 * macs / max(total, 1)) / 1000   # rounded up: a target that really fits
+        return PassError(
+            f"MagnitudePrune target_macs={self.target_macs} cannot be reached: even ratio 0.99 keeps "
+            f"{macs / max(total, 1):.1%} of the MACs ({macs} of {total}). {len(fixed)} of {len(result.groups)} "
+            f"channel groups are fixed (e.g. {top or 'none'}), {len(result.prunable()) - len(groups)} are ignored, "
+            f"and every prunable group keeps at least min(its size, {floor}) channels (round_to={self.round_to}, "
+            f"min_channels={self.min_channels}). Choose target_macs >= {reachable}, or lower "
+            f"round_to/min_channels, or ignore fewer modules.")
 
     def run(self, ctx) -> dict:
         result = ctx.get(ChannelGroups)
@@ -66,6 +91,8 @@ class MagnitudePrune(TransformPass):
             target = int(self.target_macs * ctx.flops().macs)
             macs_of = PlanMacs(ctx.gm, result)
             ratio, plan, macs = search_ratio(make_plan, macs_of, target)
+            if macs > target:  # search_ratio returns its best; going on would silently miss the target
+                raise self._unreachable(result, groups, macs, ctx.flops().macs)
             if self.refine and macs <= target:
                 plan, _ = refine_to_target(plan, macs, groups, scores, self.round_to, macs_of, target)
         else:

@@ -5,6 +5,7 @@ import torch.nn as nn
 import torchvision
 
 import fxcompress
+from fxcompress.core.errors import PassError
 from fxcompress.passes import ChannelGroups, ExportONNX, MagnitudePrune
 from pruning_models import ResidualProjection, cbr, randomize
 
@@ -16,15 +17,37 @@ def run(model, *passes, x=X):
 
 
 @pytest.mark.parametrize("kwargs", [{"ratio": -0.1}, {"ratio": 1.0}, {"ratio": "half"}, {"round_to": 0},
-                                    {"round_to": 2.5}, {"norm": 0}, {"target_macs": 1.5}, {"min_channels": 0}])
-def test_bad_arguments_raise_value_error(kwargs):
-    with pytest.raises(ValueError, match="MagnitudePrune"):
+                                    {"round_to": 2.5}, {"round_to": True}, {"norm": 0}, {"norm": "l1"},
+                                    {"target_macs": 1.5}, {"target_macs": 0}, {"target_macs": "half"},
+                                    {"min_channels": 0}, {"min_channels": 2.5}])
+def test_bad_arguments_raise_pass_error_naming_the_option(kwargs):
+    # PassError, not ValueError: the CLI reports fxcompress's typed errors as one line
+    (option, value), = kwargs.items()
+    with pytest.raises(PassError, match=rf"MagnitudePrune option {option}=.*invalid: give "):
         MagnitudePrune(**kwargs)
 
 
-def test_unknown_ignore_name_raises():
-    with pytest.raises(ValueError, match="no_such_layer"):
+def test_unknown_ignore_name_raises_pass_error():
+    with pytest.raises(PassError, match="ignore names unknown module.*no_such_layer.*e.g."):
         run(randomize(ResidualProjection()), MagnitudePrune(0.5, ignore=["no_such_layer"]))
+
+
+def test_unreachable_target_macs_raises_with_the_reachable_fraction():
+    model = randomize(ResidualProjection())
+    # the most these options can remove: ratio 0.99, every group down to its floor
+    floor = run(model, MagnitudePrune(0.99, round_to=4, min_channels=6)).report.records[0]
+    reachable = floor.macs_after / floor.macs_before
+    assert reachable > 0.2
+    with pytest.raises(PassError, match="target_macs=0.1 cannot be reached") as e:
+        run(model, MagnitudePrune(target_macs=0.1, round_to=4, min_channels=6))
+    msg = str(e.value)
+    assert f"keeps {reachable:.1%} of the MACs" in msg
+    assert "channel groups are fixed" in msg and "round_to=4, min_channels=6" in msg
+    suggested = float(msg.split("Choose target_macs >= ")[1].split(",")[0])
+    assert reachable <= suggested < reachable + 0.002
+    # the suggested target really is reachable
+    rec = run(model, MagnitudePrune(target_macs=suggested, round_to=4, min_channels=6)).report.records[0]
+    assert rec.macs_after <= suggested * rec.macs_before
 
 
 def test_removes_ratio_per_group_and_keeps_the_classifier_width():
@@ -40,8 +63,21 @@ def test_round_to_and_never_empty():
     out = run(model, MagnitudePrune(0.5, round_to=8)).model
     assert out.get_submodule("a1.0").out_channels == 8       # 12 -> 6 rounded up to 8
     assert out.get_submodule("stem.0").out_channels == 8     # 8 -> 4 rounded up to 8: unchanged
-    out = run(model, MagnitudePrune(0.99)).model
-    assert all(m.out_channels >= 1 for m in out.modules() if isinstance(m, nn.Conv2d))
+
+
+
+@pytest.mark.parametrize("kwargs, widths", [
+    ({}, [1, 1, 1, 1, 1, 1]),                                    # 0.99 of every group goes, one unit stays
+    ({"round_to": 4}, [4, 4, 4, 4, 4, 4]),                       # 1 rounded up to 4
+    ({"min_channels": 6}, [6, 6, 6, 6, 6, 6]),                   # floor wins over rounding
+    ({"round_to": 4, "min_channels": 10}, [8, 10, 8, 10, 10, 10]),  # the 8-wide group cannot reach 10: kept whole
+])
+def test_extreme_ratio_widths(kwargs, widths):
+    # convs in order: stem, a1, a2 (coupled to stem by the add), proj, b1, b2 (coupled to proj)
+    out = run(randomize(ResidualProjection()), MagnitudePrune(0.99, **kwargs)).model
+    assert [m.out_channels for m in out.modules() if isinstance(m, nn.Conv2d)] == widths
+    assert out.get_submodule("head.fc").in_features == widths[-1]
+    assert out.get_submodule("head.fc").out_features == 5
 
 
 def test_ignore_leaves_a_module_whole():
@@ -148,3 +184,11 @@ def test_torchvision_subset(name, tmp_path):
     y = res.model(x)
     assert y.shape == (1, 10)
     y.sum().backward()
+    # the pruned model trains: every parameter gets a finite gradient of its own (pruned) shape
+    original = dict(model.named_parameters())
+    shrunk = 0
+    for n, p in res.model.named_parameters():
+        assert p.grad is not None, f"{n} got no gradient"
+        assert p.grad.shape == p.shape and torch.isfinite(p.grad).all(), n
+        shrunk += n in original and p.shape != original[n].shape and p.numel() < original[n].numel()
+    assert shrunk > 0, "no parameter was pruned"
