@@ -5,6 +5,7 @@ real forward pass, for graphs that meta tensors cannot run. What analyses that o
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Dict
 
 import torch
@@ -14,14 +15,33 @@ import torch.nn as nn
 from .tracing import propagate_shapes, record_node_meta
 
 
-def record_shapes(gm: fx.GraphModule, example_inputs) -> None:
+@dataclass(frozen=True)
+class ShapeRecord:
+    """How `record_shapes` got the shapes: `method` is "meta", "fake" or "real"; `failures` maps each
+    method tried before it to the first line of its error (why the cheaper method could not run)."""
+    method: str
+    failures: Dict[str, str] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        why = "; ".join(f"{m} failed: {e}" for m, e in self.failures.items())
+        return self.method + (f" ({why})" if why else "")
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+
+
+def record_shapes(gm: fx.GraphModule, example_inputs) -> ShapeRecord:
     """Record `tensor_meta` on every node without computing anything. First on the meta device (every
     parameter, buffer and input swapped for a data-less twin: shapes only, a few ms for a ResNet-50);
     a graph that meta tensors cannot run (data-dependent ops, tensors made on the CPU inside forward)
-    falls back to fake tensors, then to a real forward pass."""
+    falls back to fake tensors, then to a real forward pass. Returns the ShapeRecord, also kept in
+    gm.meta["shape_record"] for callers that only hold the graph."""
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.fx.passes.shape_prop import ShapeProp
 
+    failures: Dict[str, str] = {}
     training = [m for m in gm.modules() if m.training]
     for m in training:   # eval mode, touching only the modules that need it (nn.Module.eval walks them all)
         m.training = False
@@ -29,20 +49,26 @@ def record_shapes(gm: fx.GraphModule, example_inputs) -> None:
         try:
             with _on_meta(gm), torch.no_grad():
                 _record_on_meta(gm, [_meta_twin(x) for x in example_inputs])
-            return
-        except Exception:
-            pass
-        try:
-            prop = ShapeProp(gm)
-            # the real parameters take part as they are (no fake copy of the module): only inputs are fake
-            prop.fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
-            with torch.no_grad():
-                prop.propagate(*example_inputs)
-        except Exception:
-            propagate_shapes(gm, example_inputs)
+            method = "meta"
+        except Exception as e:   # kept, not swallowed: the record says why the fallback ran
+            failures["meta"] = _first_line(e)
+            try:
+                prop = ShapeProp(gm)
+                # the real parameters take part as they are (no fake copy of the module): only inputs are fake
+                prop.fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
+                with torch.no_grad():
+                    prop.propagate(*example_inputs)
+                method = "fake"
+            except Exception as e:
+                failures["fake"] = _first_line(e)
+                propagate_shapes(gm, example_inputs)   # a failure here raises ShapeError naming the node
+                method = "real"
     finally:
         for m in training:
             m.training = True
+    record = ShapeRecord(method, failures)
+    gm.meta["shape_record"] = record
+    return record
 
 
 # modules whose output has the input's shape and dtype: skipped on meta tensors (torch runs BatchNorm's

@@ -57,3 +57,43 @@ def test_cat_on_meta_matches_torch_cat():
         real = torch.cat([torch.randn(s) for s in shapes], dim)
         meta = _cat_on_meta([torch.empty(s, device="meta") for s in shapes], dim)
         assert meta.shape == real.shape and meta.dtype == real.dtype
+
+
+class _MovesToCpu(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return y + y.cpu()   # a meta tensor has no data to copy to the CPU; a fake one can pretend
+
+
+class _ItemInForward(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return y * (y.abs().max().item() > 0)   # no value on meta or fake tensors
+
+
+def test_record_says_which_method_ran_and_why_the_others_failed():
+    x = torch.randn(1, 3, 8, 8)
+    gm = trace(nn.Sequential(nn.Conv2d(3, 8, 3)).eval())
+    rec = record_shapes(gm, (x,))
+    assert rec.method == "meta" and rec.failures == {} and gm.meta["shape_record"] is rec
+
+    gm = trace(_MovesToCpu().eval())
+    rec = record_shapes(gm, (x,))
+    assert rec.method == "fake" and list(rec.failures) == ["meta"]
+    assert "meta tensor" in rec.failures["meta"] and "\n" not in rec.failures["meta"]
+    assert gm.meta["shape_record"] is rec and "meta failed" in rec.describe()
+    assert _shapes(gm)["add"] == ((1, 8, 8, 8), torch.float32)
+
+    gm = trace(_ItemInForward().eval())
+    rec = record_shapes(gm, (x,))
+    assert rec.method == "real" and list(rec.failures) == ["meta", "fake"]
+    assert all(rec.failures.values()) and all("\n" not in v for v in rec.failures.values())
+    assert _shapes(gm)["conv"] == ((1, 8, 8, 8), torch.float32)
