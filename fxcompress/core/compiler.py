@@ -39,19 +39,27 @@ def as_input_tuple(example_inputs) -> tuple:
 def compile(model: nn.Module, passes: Sequence[Pass], example_inputs, *, train_loader: Optional[Iterable] = None,
             val_loader: Optional[Iterable] = None, calib_loader: Optional[Iterable] = None, device="cpu",
             leaf_modules: Iterable = (), progress: bool = True) -> CompileResult:
-    """Trace `model` (left unmodified) and run `passes` over it in order.
+    """Trace `model` and run `passes` over it in order. `model` is never modified: the traced graph shares
+    its modules until the first transform, which works on a copy (so an analysis-only compile copies
+    nothing, and the peak memory is the model plus one copy). `result.model` therefore shares tensors with
+    `model` when no transform ran.
 
     A loader is any re-iterable of batches; a batch is an input tensor or `(inputs, targets)`.
+
+        result = fxcompress.compile(torchvision.models.resnet18(), [ChannelGroups(), ExportONNX("r18.onnx")],
+                                    torch.randn(1, 3, 224, 224))
     """
     if not isinstance(model, nn.Module):
         raise PassError(f"model must be an nn.Module, got {type(model).__name__}")
     manager = PassManager(passes, progress=progress)
     device = torch.device(device)
     inputs = tuple(t.to(device) for t in as_input_tuple(example_inputs))
-    working = copy.deepcopy(model).to(device).eval()
-    gm = trace(working, leaf_modules)
-    ctx = PassContext(gm=gm, example_inputs=inputs, train_loader=train_loader,
-                      val_loader=val_loader, calib_loader=calib_loader, device=device)
+    # a model in training mode or elsewhere than `device` needs changing before tracing: copy it now
+    tensors = list(model.parameters()) + list(model.buffers())
+    shared = not model.training and all(t.device == device for t in tensors)
+    gm = trace(model if shared else copy.deepcopy(model).to(device).eval(), leaf_modules)
+    ctx = PassContext(gm=gm, example_inputs=inputs, train_loader=train_loader, val_loader=val_loader,
+                      calib_loader=calib_loader, device=device, owns_gm=not shared)
     report = Report(model_name=type(model).__name__)
     manager.run(ctx, report)
     return CompileResult(ctx.gm.eval(), report, list(ctx.artifacts))

@@ -19,6 +19,8 @@ class PassContext:
     val_loader: Optional[Iterable] = None
     calib_loader: Optional[Iterable] = None
     device: torch.device = torch.device("cpu")
+    # False while gm shares its modules with the user's model: the manager copies it before a transform
+    owns_gm: bool = True
     analyses: Dict[Any, Any] = field(default_factory=dict)
     artifacts: List[str] = field(default_factory=list)
     # ONNX graph rewrites that transforms register for the lowering (e.g. folding weight quantizers

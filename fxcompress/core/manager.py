@@ -12,6 +12,7 @@ from .context import PassContext
 from .errors import PassError, VerificationError
 from .pass_base import RESOURCES, AnalysisPass, LoweringPass, Pass, TransformPass
 from .report import PassRecord, Report
+from ..graph.shapes import record_shapes
 from .verify import OutputSpec, check_finite, compare_exact, run_eval
 
 
@@ -37,7 +38,7 @@ class PassManager:
                 raise PassError(f"{p.name} declares requirement {req!r}, neither a resource name nor an analysis")
 
     def run(self, ctx: PassContext, report: Report) -> None:
-        spec = OutputSpec.of(ctx.refresh_shapes())
+        spec = self._output_spec(ctx)
         bar = tqdm(self.passes, desc="fxcompress", unit="pass", disable=not self.progress or len(self.passes) < 2,
                    leave=False)
         for p in bar:
@@ -50,7 +51,7 @@ class PassManager:
                 result = ctx.get(p)
                 metrics = p.summarize(result) or {}
             elif isinstance(p, TransformPass):
-                snapshot = copy.deepcopy(ctx.gm) if p.verify_exact else None
+                snapshot = self._own_graph(ctx, p.verify_exact)
                 metrics = p.run(ctx) or {}
                 metrics.update(self._check_transform(p, ctx, spec, snapshot))
             elif isinstance(p, LoweringPass):
@@ -62,6 +63,24 @@ class PassManager:
             path = p.output_path() if isinstance(p, LoweringPass) else None
             report.add(PassRecord(p.name, p.kind, seconds, before.params, after.params, before.macs, after.macs,
                                   os.path.getsize(path) if path and os.path.exists(path) else None, metrics))
+
+    @staticmethod
+    def _output_spec(ctx: PassContext) -> OutputSpec:
+        """The outputs' structure from shapes recorded without computing (meta tensors where the model
+        allows; a model that fails on the example inputs raises ShapeError naming the node)."""
+        if any("tensor_meta" not in n.meta for n in ctx.gm.graph.nodes if n.op not in ("output", "get_attr")):
+            record_shapes(ctx.gm, ctx.example_inputs)
+        spec = OutputSpec.from_graph(ctx.gm)
+        return spec if spec is not None else OutputSpec.of(ctx.refresh_shapes())
+
+    @staticmethod
+    def _own_graph(ctx: PassContext, snapshot: bool):
+        """Before a transform: make ctx.gm a copy if it still shares the user's modules (the shared graph
+        then serves as the exactness reference for free); else, if asked, return a snapshot."""
+        if not ctx.owns_gm:
+            shared, ctx.gm, ctx.owns_gm = ctx.gm, copy.deepcopy(ctx.gm), True
+            return shared if snapshot else None
+        return copy.deepcopy(ctx.gm) if snapshot else None
 
     def _check_transform(self, p: TransformPass, ctx: PassContext, spec: OutputSpec, before) -> dict:
         ctx.gm.graph.lint()

@@ -38,6 +38,23 @@ class OutputSpec:
         return cls(str(spec), tuple((tuple(t.shape), t.dtype) if isinstance(t, torch.Tensor) else type(t).__name__
                                     for t in leaves))
 
+    @classmethod
+    def from_graph(cls, gm) -> "OutputSpec | None":
+        """The spec from the shapes recorded on the graph's nodes (None if an output value has none)."""
+        import torch.fx as fx
+        output = next(n for n in reversed(gm.graph.nodes) if n.op == "output")
+        missing = []
+
+        def as_meta(n):
+            meta = n.meta.get("tensor_meta")
+            if meta is None:
+                missing.append(n)
+                return None
+            return pytree.tree_map(lambda m: torch.empty(m.shape, dtype=m.dtype, device="meta"), meta,
+                                   is_leaf=lambda m: hasattr(m, "shape"))
+        value = fx.node.map_arg(output.args[0], as_meta)
+        return None if missing else cls.of(value)
+
     def describe(self) -> str:
         return ", ".join(f"{list(s)} {str(d).replace('torch.', '')}" if isinstance(s, tuple) else s
                          for s, d in (x if isinstance(x, tuple) else (x, "") for x in self.tensors))
