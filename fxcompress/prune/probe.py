@@ -17,6 +17,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from ..graph.keys import NODE, ValueKey
+from ..graph.tracing import node_shape
 from .apply import apply_plan
 from .groups import ChannelGroupsResult
 from .state import PruneState, keep_masks
@@ -72,6 +73,21 @@ def _first_mismatch(gm: fx.GraphModule, result: ChannelGroupsResult, masks, inpu
     return None
 
 
+def _reaching_names(node: fx.Node, depth: int = 4) -> set:
+    """The node, its inputs, and through non-tensor inputs (`y.size(1)`, `x.shape`, arithmetic on them) the
+    tensors they were read from: a size computed from `y` makes y's group a culprit, not every group."""
+    names, frontier = {node.name}, list(node.all_input_nodes)
+    for _ in range(depth):
+        nxt = []
+        for a in frontier:
+            if a.name not in names:
+                names.add(a.name)
+                if node_shape(a) is None and a.op in ("call_method", "call_function"):
+                    nxt.extend(a.all_input_nodes)
+        frontier = nxt
+    return names
+
+
 def probe_groups(gm: fx.GraphModule, result: ChannelGroupsResult, example_inputs,
                  max_rounds: int = 30) -> tuple:
     """Returns ({group id: why it must stay whole}, how the probe ran: "not needed" | "meta" | "real")."""
@@ -92,7 +108,7 @@ def probe_groups(gm: fx.GraphModule, result: ChannelGroupsResult, example_inputs
         new.train(was_training)
         if node is None:
             break
-        names = {node.name} | {a.name for a in node.all_input_nodes}
+        names = _reaching_names(node)
         culprits = [gid for gid in plan if any(m.key.node_name in names for m in result.groups[gid].members)]
         for gid in culprits or list(plan):   # cannot tell which group: fix them all rather than guess
             fixed[gid] = (f"pruning it breaks {node.op} {getattr(node.target, '__name__', node.target)} "
