@@ -9,10 +9,12 @@ setup(
     packages=[*find_packages(include=["fxcompress", "fxcompress.*"]), "fxcompress.passes"],
     package_dir={"fxcompress": "fxcompress", "fxcompress.passes": "passes"},
     install_requires=[
-        "torch>=2.4", "numpy", "networkx", "onnx", "onnxruntime", "onnxscript", "tqdm", "Pillow", "matplotlib",
+        # onnxscript: imported by torch.onnx's exporter, not by fxcompress itself
+        "torch>=2.4", "numpy", "scipy", "networkx", "onnx", "onnxruntime", "onnxscript", "tqdm", "Pillow",
     ],
     extras_require={
         "test": ["pytest", "pytest-xdist", "torchvision", "scikit-learn"],
-        "bench": ["torchvision", "scikit-learn", "torch-pruning"],
+        "figs": ["matplotlib"],
+        "bench": ["torchvision", "scikit-learn", "torch-pruning", "matplotlib"],
     },
 )
