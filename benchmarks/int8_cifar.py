@@ -27,8 +27,6 @@ import time
 
 import torch
 
-from fxcompress.train.loop import TrainHook
-
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 RESULTS = os.path.join(HERE, "results", "int8_cifar.json")
@@ -95,28 +93,13 @@ def fx_quantize(model, out: str, calib, **kwargs) -> dict:
             ("int8_mac_fraction", "top1_agreement", "output_rel_error", "integer_kernels") if k in export}}
 
 
-class Distill(TrainHook):
-    """Hinton's distillation loss T^2 KL(teacher/T || student/T), added to the cross-entropy (a stand-in
-    for the distillation passes to come)."""
-
-    def __init__(self, teacher, temperature: float = 4.0, weight: float = 1.0):
-        self.teacher, self.t, self.weight = teacher.eval(), temperature, weight
-
-    def extra_loss(self, model, inputs, outputs, targets):
-        import torch.nn.functional as F
-        self.teacher.to(inputs.device)
-        with torch.no_grad():
-            soft = F.softmax(self.teacher(inputs) / self.t, dim=1)
-        return self.weight * self.t ** 2 * F.kl_div(F.log_softmax(outputs / self.t, dim=1), soft,
-                                                    reduction="batchmean")
-
-
 def pruned_model(model, args, test):
     """MagnitudePrune to half the MACs (round_to=8) on the CPU (deterministic: the same plan on any machine),
     then fine-tuning with distillation from the unpruned model on args.device, or the weights of an earlier
     fine-tuning from --pruned-checkpoint. Returns (model, info)."""
     import fxcompress
     from fxcompress.core.files import atomic_output
+    from fxcompress.distill import DistillHook, KDLoss
     from fxcompress.passes import FineTune, MagnitudePrune
     from fxcompress.data import cifar10
     result = fxcompress.compile(model, [MagnitudePrune(target_macs=0.5, round_to=8, min_channels=args.min_channels)],
@@ -135,7 +118,7 @@ def pruned_model(model, args, test):
         return pruned.eval(), info
     if args.finetune_epochs:
         train = cifar10(split="train", batch_size=128, augment=True, mean=args.mean, std=args.std, seed=0)
-        hooks = [Distill(copy.deepcopy(model))] if args.distill else []
+        hooks = [DistillHook(copy.deepcopy(model), KDLoss(temperature=4.0))] if args.distill else []
         start = time.perf_counter()
         tuned = fxcompress.compile(pruned, [FineTune(epochs=args.finetune_epochs, lr=args.lr, hooks=hooks,
                                                          max_steps_per_epoch=args.max_steps_per_epoch)],
