@@ -9,7 +9,7 @@ from fxcompress.train.loop import TrainConfig, TrainHook, evaluate, fit
 
 class FineTune(TransformPass):
     """Train the current model for `epochs` on train_loader (SGD, cosine by default). `hooks` are extra
-    fxcompress.training.TrainHook objects, e.g. a distillation loss from a teacher."""
+    fxcompress.train.loop.TrainHook objects, e.g. fxcompress.distill.DistillHook (a teacher's soft targets)."""
     requires = ("train_loader",)
 
     def __init__(self, epochs: int = 1, lr: float = 0.01, weight_decay: float = 5e-4, schedule: str = "cosine",

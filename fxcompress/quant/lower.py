@@ -17,7 +17,6 @@ from ..core.errors import VerificationError
 
 INTEGER_KERNELS = ("QLinearConv", "ConvInteger", "QGemm", "QLinearMatMul", "MatMulInteger", "MatMulIntegerToFloat",
                    "DynamicQuantizeMatMul", "QAttention")
-FLOAT_KERNELS = ("Conv", "FusedConv", "Gemm", "MatMul", "FusedMatMul", "FusedGemm")
 
 
 def _quantize_like_torch(w: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, axis: int) -> np.ndarray:

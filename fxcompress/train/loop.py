@@ -1,7 +1,8 @@
-"""The one training loop every training pass shares (fine-tuning, ResRep, distillation, QAT).
+"""The one training loop every training pass shares (FineTune, QuantizeINT8's QAT).
 
 The loop owns epochs, the learning-rate schedule, checkpoints, resume, DDP and progress; a pass plugs in
-through TrainHook: extra loss terms, gradient edits after backward, work at the end of an epoch.
+through TrainHook: extra loss terms (fxcompress.distill.DistillHook), gradient edits after backward, work
+at the end of an epoch.
 The schedule is a function of the global step and the data order a function of (seed, epoch), so a run
 resumed from the checkpoint of epoch k ends with the same weights as an uninterrupted one.
 """
