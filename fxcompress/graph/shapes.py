@@ -4,6 +4,8 @@ real forward pass, for graphs that meta tensors cannot run. What analyses that o
 (the channel groups, MACs of a candidate pruning plan)."""
 from __future__ import annotations
 
+import contextlib
+import io
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Dict
@@ -28,8 +30,11 @@ class ShapeRecord:
 
 
 def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+    def line(x):
+        text = str(x).strip().splitlines()
+        return f"{type(x).__name__}: {text[0] if text else ''}".rstrip(": ")
+    # ShapeProp wraps the op's error in its own (naming the node): keep both
+    return line(e) + (f" <- {line(e.__cause__)}" if e.__cause__ is not None else "")
 
 
 def record_shapes(gm: fx.GraphModule, example_inputs) -> ShapeRecord:
@@ -56,7 +61,8 @@ def record_shapes(gm: fx.GraphModule, example_inputs) -> ShapeRecord:
                 prop = ShapeProp(gm)
                 # the real parameters take part as they are (no fake copy of the module): only inputs are fake
                 prop.fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
-                with torch.no_grad():
+                # ShapeProp prints a traceback before raising: the record keeps the error instead
+                with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
                     prop.propagate(*example_inputs)
                 method = "fake"
             except Exception as e:

@@ -97,3 +97,10 @@ def test_record_says_which_method_ran_and_why_the_others_failed():
     assert rec.method == "real" and list(rec.failures) == ["meta", "fake"]
     assert all(rec.failures.values()) and all("\n" not in v for v in rec.failures.values())
     assert _shapes(gm)["conv"] == ((1, 8, 8, 8), torch.float32)
+
+
+def test_fallbacks_print_nothing(capsys):
+    # torch's ShapeProp prints a traceback before raising; the CLI promises one line on errors
+    rec = record_shapes(trace(_ItemInForward().eval()), (torch.randn(1, 3, 8, 8),))
+    assert rec.method == "real" and "<- DataDependentOutputException" in rec.failures["fake"]
+    assert capsys.readouterr().err == ""
