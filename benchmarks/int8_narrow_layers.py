@@ -90,7 +90,7 @@ def main():
             paths[f"{i}/fp32"] = os.path.join(tmp, f"{i}_fp32.onnx")
             onnx.save(to_onnx_proto(net, (torch.randn(1, 3, 32, 32),)), paths[f"{i}/fp32"])
             paths[f"{i}/int8"] = os.path.join(tmp, f"{i}_int8.onnx")
-            fxcompress.compile(net, [FoldBatchNorm(), QuantizeINT8(min_top1_agreement=0.5, progress=False),
+            fxcompress.compile(net, [FoldBatchNorm(), QuantizeINT8(progress=False),
                                      ExportONNX(paths[f"{i}/int8"])], torch.randn(1, 3, 32, 32),
                                calib_loader=calib, progress=False)
         lat = interleaved_latency(paths, torch.randn(args.batch, 3, 32, 32), runs=args.runs)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import torch
 import torch.fx as fx
@@ -23,14 +23,6 @@ class PassContext:
     owns_gm: bool = True
     analyses: Dict[Any, Any] = field(default_factory=dict)
     artifacts: List[str] = field(default_factory=list)
-    # ONNX graph rewrites that transforms register for the lowering (e.g. folding weight quantizers
-    # into int8 initializers); each takes and returns an onnx.ModelProto.
-    onnx_rewrites: List[Callable] = field(default_factory=list)
-    # Transforms that make the model inexact (quantization) register how lowered models are compared.
-    export_tolerance: Dict[str, Any] = field(default_factory=dict)
-    # Checks of the written file that transforms register for the lowering (e.g. "onnxruntime runs the
-    # quantized layers as integer kernels"): callable(path) -> metrics dict, raising VerificationError.
-    export_checks: List[Callable] = field(default_factory=list)
 
     def get(self, analysis) -> Any:
         """The cached result of an analysis pass (instance or class), running it if needed."""

@@ -13,11 +13,14 @@ from .errors import VerificationError
 TOLERANCES = {
     "exact_transform": 1e-5,   # channel removal, BN folding, identity insertions
     "onnx_fp32": 1e-4,         # ONNX Runtime against PyTorch, FP32
-    # INT8 ONNX against the fake-quant graph: ORT's integer arithmetic rounds a few values one step
-    # differently and deep random-weight nets amplify that (resnet50: 0.14); wrong scales, zero points or
-    # layouts give errors of order one. Trained models are held to top-1 agreement below.
-    "onnx_int8": 0.5,
-    "int8_top1_agreement": 0.99,  # INT8 ONNX vs fake-quant graph, top-1 on calibration data (a fraction)
+    # INT8 ONNX vs the fake-quant graph, on held-out inputs, every output: the SNR of onnxruntime against the
+    # fake-quant model must exceed the SNR of the fake-quant model against float by this many dB (the
+    # lowering adds far less noise than quantization itself). Measurements behind it: README, "INT8 check".
+    "int8_lowering_margin_db": 40.0,
+    # ... or at least this many dB: enough where quantization itself is nearly lossless (the integer
+    # emulation is bit-exact on conv/linear/add, float32 rounding of float outputs leaves ~100-117 dB; the
+    # worst clean model measured, 71 dB; injected faults measured 4-51 dB, see the README)
+    "int8_lowering_floor_db": 60.0,
 }
 
 

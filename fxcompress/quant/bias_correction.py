@@ -71,6 +71,8 @@ def correct_biases(model: nn.Module, modules: Dict[str, nn.Module], loader: Iter
         with torch.no_grad():
             if m.bias is None:
                 m.bias = nn.Parameter(torch.zeros_like(shift))
+            # the float model's bias, for comparing the quantized model with it (quant.fake_quant.float_mode)
+            m.register_buffer("float_bias", m.bias.detach().clone(), persistent=False)
             m.bias -= shift
         largest = max(largest, float(shift.abs().max()))
     return {"bias_corrected_layers": len(sums), "max_bias_shift": largest}

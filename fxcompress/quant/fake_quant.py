@@ -3,6 +3,7 @@ as QuantizeLinear/DequantizeLinear (torch.fake_quantize_* with the TorchScript e
 Gradients pass straight through inside the clipping range (the straight-through estimator)."""
 from __future__ import annotations
 
+
 import torch
 import torch.nn as nn
 
@@ -27,6 +28,8 @@ class ActivationQuantizer(nn.Module):
         self.observer = ActivationObserver(config)
 
     def forward(self, x: torch.Tensor, observe: bool = True) -> torch.Tensor:
+        if self.mode == "off":
+            return x
         if self.mode == "observe":
             if observe:
                 self.observer.update(x, self.label)
@@ -76,10 +79,19 @@ class WeightQuantizer(nn.Module):
         self.scale.copy_(scale.clamp(min=MIN_SCALE))
         self.zero_point.copy_(zero_point)
 
+    enabled = True   # off in float_mode(): the float weight passes through
+
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return weight
         if self.training:
             self.update(weight)
         qmin, qmax = WEIGHT_QMIN, WEIGHT_QMAX
         if self.axis is None:
             return torch.fake_quantize_per_tensor_affine(weight, self.scale, self.zero_point, qmin, qmax)
         return torch.fake_quantize_per_channel_affine(weight, self.scale, self.zero_point, self.axis, qmin, qmax)
+
+
+def is_quantized(gm: nn.Module) -> bool:
+    """Whether a graph carries fake-quant modules (QuantizeINT8 ran on it)."""
+    return any(isinstance(m, (ActivationQuantizer, WeightQuantizer)) for m in gm.modules())

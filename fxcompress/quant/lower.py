@@ -19,6 +19,13 @@ INTEGER_KERNELS = ("QLinearConv", "ConvInteger", "QGemm", "QLinearMatMul", "MatM
                    "DynamicQuantizeMatMul", "QAttention")
 
 
+def lower_int8(model: onnx.ModelProto, folded: Dict[str, str] = None) -> onnx.ModelProto:
+    """The exported fake-quant graph as a genuinely INT8 model: int8 weight initializers, int32 biases,
+    convs with input channels aligned for onnxruntime's fast kernel. `folded` receives
+    {int8 initializer name: float weight name} (see fold_weight_quantizers)."""
+    return align_conv_input_channels(quantize_biases(fold_weight_quantizers(model, folded)))
+
+
 def _quantize_like_torch(w: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, axis: int) -> np.ndarray:
     """int values exactly as torch.fake_quantize_* computes them: nearbyint(w * (1 / scale)) + zp (float32)."""
     dtype = zero_point.dtype
