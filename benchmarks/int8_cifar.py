@@ -26,6 +26,8 @@ import tempfile
 import time
 
 import torch
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from provenance import provenance  # noqa: E402  (benchmarks/provenance.py)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -134,7 +136,7 @@ def pruned_model(model, args, test):
                 torch.save(pruned.state_dict(), tmp)
             with atomic_output(os.path.splitext(ckpt)[0] + ".json") as tmp:
                 with open(tmp, "w") as f:
-                    json.dump(info, f, indent=1)
+                    json.dump({**info, "provenance": provenance(ort_threads=None)}, f, indent=1)
     return pruned.eval(), info
 
 
@@ -256,7 +258,8 @@ def main():
     print(f"  batch 32 latency (ms): {', '.join(f'{k} {v:.2f}' for k, v in p['latency_ms_b32'].items())}; "
           f"pruned FP32 {p['speedup_pruned_fp32_b32']:.2f}x, pruned INT8 {p['speedup_vs_fp32_b32']:.2f}x faster than "
           f"FP32 (target 4x: {'met' if p['speedup_vs_fp32_b32'] >= 4 else 'MISSED'})")
-    out = {"rows": rows, "latency_ms_b32": lat, "calib_images": args.calib_images}
+    out = {"rows": rows, "latency_ms_b32": lat, "calib_images": args.calib_images,
+           "provenance": provenance(ort_threads=2)}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(out, f, indent=1, default=float)

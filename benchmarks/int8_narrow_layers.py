@@ -15,11 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from provenance import provenance  # noqa: E402  (benchmarks/provenance.py)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results", "int8_narrow_layers.json")
@@ -108,7 +111,8 @@ def main():
               f"{row['int8_ms']:.2f} | {row['fp32_speedup']:.2f}x | {row['int8_speedup']:.2f}x | {gmacs:.0f} |")
     os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
     with open(RESULTS, "w") as f:
-        json.dump({"batch": args.batch, "runs": args.runs, "rows": rows}, f, indent=1)
+        json.dump({"batch": args.batch, "runs": args.runs, "rows": rows, "provenance": provenance(ort_threads=2)}, f,
+                  indent=1)
     print(f"wrote {RESULTS}")
 
 

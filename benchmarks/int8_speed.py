@@ -27,6 +27,8 @@ import tempfile
 import time
 
 import numpy as np
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from provenance import provenance  # noqa: E402  (benchmarks/provenance.py)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results", "int8_speed.json")
@@ -336,7 +338,7 @@ def _file_names_only(o):
 
 
 def save(results: dict, path: str) -> None:
-    results = _file_names_only(results)
+    results = {**_file_names_only(results), "provenance": provenance(ort_threads=results.get("threads", 2))}
     from fxcompress.core.files import atomic_write_text
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     atomic_write_text(path, json.dumps(results, indent=1, default=float))

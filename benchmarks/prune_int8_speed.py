@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 
 import torch
@@ -22,6 +23,8 @@ from fxcompress.core.files import atomic_write_text
 from fxcompress.onnx.measure import interleaved_latency
 from fxcompress.models.random_init import recalibrate_batchnorm
 from fxcompress.passes import CountFlops, ExportONNX, FoldBatchNorm, MagnitudePrune, QuantizeINT8
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from provenance import provenance  # noqa: E402  (benchmarks/provenance.py)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -65,6 +68,7 @@ def main():
         b1, b8 = rows["latency_ms_b1"][k], rows["latency_ms_b8"][k]
         print(f"| {k} | {macs[k] / 1e9:.2f}G | {rows['bytes'][k] / 2**20:.1f} MiB | {b1:.1f} | {b8:.1f} | "
               f"{rows['latency_ms_b1']['fp32'] / b1:.2f}x | {rows['latency_ms_b8']['fp32'] / b8:.2f}x |")
+    rows["provenance"] = provenance(ort_threads=2)
     atomic_write_text(args.out, json.dumps(rows, indent=2, default=str))
 
 

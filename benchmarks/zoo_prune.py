@@ -21,6 +21,8 @@ from tqdm import tqdm
 
 import fxcompress
 from fxcompress.passes import ChannelGroups, ExportONNX, MagnitudePrune
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from provenance import provenance  # noqa: E402  (benchmarks/provenance.py)
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -150,7 +152,8 @@ def write(rows, args) -> int:
     print(text)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     payload = {"torch": torch.__version__, "torchvision": torchvision.__version__, "ratio": args.ratio,
-               "size": args.size, "passed": sum(r["status"] == "ok" for r in rows), "total": len(rows), "rows": rows}
+               "size": args.size, "passed": sum(r["status"] == "ok" for r in rows), "total": len(rows), "rows": rows,
+               "provenance": provenance(ort_threads=None)}   # onnxruntime only checks parity here, untimed
     with open(args.out + ".json", "w") as f:
         json.dump(payload, f, indent=1)
     with open(args.out + ".md", "w") as f:
