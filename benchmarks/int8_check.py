@@ -1,0 +1,93 @@
+"""The INT8 export check on real models: what quantization costs (SNR of the fake-quant model vs float) and
+what the lowering adds (SNR of onnxruntime INT8 vs the fake-quant model), measured by ExportONNX itself on
+held-out inputs (val_loader), every output; the margin between them; and what the check requires.
+
+    python benchmarks/int8_check.py [--models cifar_resnet20 resnet18 ...] [--size 64]
+
+Random-weight torchvision models get realistic BatchNorm statistics (models.random_init) and random
+images (calibration and held-out drawn apart); the reference CIFAR-10 ResNet-20 (../shared/models) is
+calibrated on 64 test images and checked on 64 others. JSON: benchmarks/results/int8_check.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+import torch
+
+import fxcompress
+from fxcompress.core.files import atomic_write_text
+from fxcompress.core.verify import TOLERANCES
+from fxcompress.passes import ExportONNX, FoldBatchNorm, QuantizeINT8
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from provenance import provenance  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SHARED = os.path.normpath(os.path.join(HERE, "..", "..", "shared"))
+MODELS = ["cifar_resnet20", "resnet18", "resnet50", "mobilenet_v2", "regnet_x_400mf", "shufflenet_v2_x1_0",
+          "efficientnet_b0", "googlenet", "densenet121"]
+
+
+def build(name: str, size: int):
+    """(model, calibration batches, held-out batches)"""
+    if name == "cifar_resnet20":
+        from fxcompress.data import cifar10
+        from fxcompress.models import load_model
+        model = load_model(os.path.join(SHARED, "models", "cifar_resnet.py") + ":cifar_resnet",
+                           os.path.join(SHARED, "models", "cifar_resnet20.pt"))
+        batches = [x for x, _ in cifar10(os.path.join(SHARED, "data"), "test", batch_size=16, shuffle=False,
+                                         limit=128)]
+        return model.eval(), batches[:4], batches[4:8]
+    import torchvision
+    from fxcompress.models.random_init import recalibrate_batchnorm
+    torch.manual_seed(0)
+    kw = {"aux_logits": False, "init_weights": True} if name in ("googlenet", "inception_v3") else {}
+    model = torchvision.models.get_model(name, weights=None, **kw)
+    recalibrate_batchnorm(model, (1, 3, size, size))
+    gen = torch.Generator().manual_seed(1)
+    calib = [torch.randn(8, 3, size, size, generator=gen) for _ in range(4)]
+    held = [torch.randn(8, 3, size, size, generator=gen) for _ in range(2)]
+    return model.eval(), calib, held
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="*", default=MODELS)
+    p.add_argument("--size", type=int, default=64)
+    args = p.parse_args(argv)
+    rows = []
+    print("| model | SNR quant (dB) | SNR lower (dB) | margin | required | top-1 agreement | passed |")
+    print("|---|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models:
+            start = time.perf_counter()
+            model, calib, held = build(name, args.size)
+            row = {"model": name}
+            try:
+                result = fxcompress.compile(model, [FoldBatchNorm(), QuantizeINT8(progress=False),
+                                                    ExportONNX(os.path.join(tmp, f"{name}.onnx"))],
+                                            (calib[0],), calib_loader=calib, val_loader=held, progress=False)
+                m = result.report.records[-1].metrics
+                row.update({k: m[k] for k in ("snr_quant_db", "snr_lower_db", "snr_lower_required_db",
+                                              "check_samples", "int8_mac_fraction") if k in m},
+                           top1_agreement=m.get("top1_agreement"), passed=True)
+                row["margin_db"] = row["snr_lower_db"] - row["snr_quant_db"]
+            except fxcompress.VerificationError as e:
+                row.update(passed=False, error=str(e)[:300])
+            row["seconds"] = round(time.perf_counter() - start, 1)
+            rows.append(row)
+            f = lambda k: f"{row[k]:.1f}" if isinstance(row.get(k), float) else "-"  # noqa: E731
+            print(f"| {name} | {f('snr_quant_db')} | {f('snr_lower_db')} | {f('margin_db')} | "
+                  f"{f('snr_lower_required_db')} | {row.get('top1_agreement') or '-'} | {row['passed']} |", flush=True)
+    out = {"provenance": provenance(), "command": "python benchmarks/int8_check.py " + " ".join(argv or sys.argv[1:]),
+           "tolerances": {k: v for k, v in TOLERANCES.items() if k.startswith("int8")}, "rows": rows}
+    atomic_write_text(os.path.join(HERE, "results", "int8_check.json"), json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
