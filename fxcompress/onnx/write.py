@@ -6,7 +6,6 @@ import io
 import warnings
 from typing import Callable, List, Optional, Sequence
 
-import numpy as np
 import onnx
 import torch
 
