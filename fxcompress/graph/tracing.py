@@ -44,9 +44,11 @@ def trace(model: torch.nn.Module, leaf_modules: Iterable = ()) -> fx.GraphModule
     if isinstance(model, fx.GraphModule):
         return model
     tracer = LeafTracer(leaf_modules)
+    before = _attribute_names(model)
     try:
         graph = tracer.trace(model)
-    except Exception as e:  # torch.fx raises several types (TraceError, TypeError, RuntimeError, ...)
+    except Exception as e:
+        _drop_added_attributes(model, before)  # torch.fx raises several types (TraceError, TypeError, RuntimeError, ...)
         module, where = _failing_module(model, sys.exc_info()[2])
         raise TraceError(
             f"cannot trace {type(model).__name__}: module {module} at {where} failed: "
@@ -54,7 +56,21 @@ def trace(model: torch.nn.Module, leaf_modules: Iterable = ()) -> fx.GraphModule
             f"cannot be traced: pass that module as a leaf, e.g. leaf_modules=[{module.split(' ')[0]!r}] "
             f"or its class, or rewrite the branch with torch.where."
         ) from e
-    return _graph_module(tracer.root, graph, type(model).__name__)
+    try:
+        return _graph_module(tracer.root, graph, type(model).__name__)
+    finally:
+        _drop_added_attributes(model, before)
+
+
+def _attribute_names(module: torch.nn.Module) -> set:
+    return set(module.__dict__) | set(module._parameters) | set(module._buffers) | set(module._modules)
+
+
+def _drop_added_attributes(model: torch.nn.Module, before: set) -> None:
+    """fx's tracer stores tensor constants on the root module (`_tensor_constant0`...); the GraphModule
+    holds its own reference, so take them off the user's model, which tracing must not change."""
+    for name in _attribute_names(model) - before:
+        delattr(model, name)
 
 
 def _graph_module(root: torch.nn.Module, graph: fx.Graph, name: str) -> fx.GraphModule:

@@ -69,3 +69,18 @@ def test_a_transform_that_changes_values_leaves_the_user_model_alone():
     result = fxcompress.compile(model, [Scale()], X, progress=False)
     assert torch.equal(model[4].weight, w)
     assert torch.equal(result.model.get_submodule("4").weight, 2 * w)
+
+
+def test_tracing_leaves_no_tensor_constants_on_the_user_model():
+    class WithConstant(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 1)
+
+        def forward(self, x):
+            return self.conv(x) * torch.tensor([2.0])   # fx stores this constant on the traced root
+    model = WithConstant().eval()
+    names = set(model.__dict__) | set(model._buffers) | set(model._parameters)
+    result = fxcompress.compile(model, [CountFlops()], X, progress=False)
+    assert set(model.__dict__) | set(model._buffers) | set(model._parameters) == names
+    assert torch.allclose(result.model(X), model(X))
