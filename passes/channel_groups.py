@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from fxcompress.core.pass_base import AnalysisPass
 from fxcompress.graph.shapes import record_shapes
+from fxcompress.prune.builder import paused_gc
 from fxcompress.prune.coupling import build_channel_graph
 from fxcompress.prune.groups import ChannelGroupsResult
 from fxcompress.prune.probe import probe_groups
@@ -19,7 +20,8 @@ class ChannelGroups(AnalysisPass):
         # the pass manager records shapes on every node after each transform: propagate only if missing
         if any("tensor_meta" not in n.meta for n in ctx.gm.graph.nodes if n.op not in ("output", "get_attr")):
             record_shapes(ctx.gm, ctx.example_inputs)
-        result = build_channel_graph(ctx.gm).build_groups(ctx.flops().per_node)
+        with paused_gc():
+            result = build_channel_graph(ctx.gm).build_groups(ctx.flops().per_node)
         fixed, _ = probe_groups(ctx.gm, result, ctx.example_inputs)  # the predicted shapes must hold on a pruned copy
         return result.with_fixed(fixed) if fixed else result
 

@@ -1,45 +1,57 @@
 """Names of the tensors the channel analysis tracks: a node's output (or one item of a tuple output), or a
-parameter/buffer by qualified name. A small typed value (a NamedTuple: hashed and compared as fast as a
-string), printed the way reports show it: `n:<node>`, `n:<node>#<i>`, `p:<qualname>`.
+parameter/buffer by qualified name. A small typed value: a `str` subclass without instance state, so it
+hashes, compares and stays invisible to the garbage collector like the string it prints as
+(`n:<node>`, `n:<node>#<i>`, `p:<qualname>`), while code reads it through `kind`, `name`, `index`.
 
     >>> ValueKey.of_node("conv1"), ValueKey.of_node("split", 1), ValueKey.of_param("layer1.0.conv1.weight")
-    (n:conv1, n:split#1, p:layer1.0.conv1.weight)
+    ('n:conv1', 'n:split#1', 'p:layer1.0.conv1.weight')
+    >>> ValueKey.of_node("split", 1).index, ValueKey.of_param("fc.weight").name
+    (1, 'fc.weight')
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Union
+from typing import Optional, Union
 
 import torch.fx as fx
 
 NODE, PARAM = "n", "p"
 
 
-class ValueKey(NamedTuple):
-    kind: str                     # NODE or PARAM
-    name: str                     # node name or parameter qualname
-    index: Optional[int] = None   # item of a tuple output
+class ValueKey(str):
+    __slots__ = ()
 
     @classmethod
     def of_node(cls, node: Union[fx.Node, str], index: Optional[int] = None) -> "ValueKey":
-        return cls(NODE, node if isinstance(node, str) else node.name, index)
+        name = node if isinstance(node, str) else node.name   # fx node names never contain '#'
+        return cls(f"n:{name}" if index is None else f"n:{name}#{index}")
 
     @classmethod
     def of_param(cls, qualname: str) -> "ValueKey":
-        return cls(PARAM, qualname)
+        return cls(f"p:{qualname}")
+
+    @property
+    def kind(self) -> str:
+        return self[0]
 
     @property
     def is_param(self) -> bool:
-        return self.kind == PARAM
+        return self[0] == PARAM
+
+    @property
+    def name(self) -> str:
+        """The node name (whatever the tuple item) or the parameter's qualified name."""
+        return self[2:] if self[0] == PARAM else self[2:].partition("#")[0]
+
+    @property
+    def index(self) -> Optional[int]:
+        if self[0] == PARAM or "#" not in self:
+            return None
+        return int(self.rpartition("#")[2])
 
     @property
     def node_name(self) -> Optional[str]:
-        """The node a node key belongs to (whatever the tuple item), None for parameters."""
-        return self.name if self.kind == NODE else None
-
-    def __str__(self) -> str:
-        return f"{self.kind}:{self.name}" + ("" if self.index is None else f"#{self.index}")
-
-    __repr__ = __str__
+        """The node a node key belongs to, None for parameters."""
+        return None if self[0] == PARAM else self.name
 
 
 def output_keys(node: fx.Node) -> dict:
@@ -49,7 +61,7 @@ def output_keys(node: fx.Node) -> dict:
     if meta is None:
         return {}
     if hasattr(meta, "shape"):
-        return {ValueKey(NODE, node.name): tuple(meta.shape)}
+        return {ValueKey.of_node(node.name): tuple(meta.shape)}
     if isinstance(meta, (tuple, list)):
-        return {ValueKey(NODE, node.name, i): tuple(m.shape) for i, m in enumerate(meta) if hasattr(m, "shape")}
+        return {ValueKey.of_node(node.name, i): tuple(m.shape) for i, m in enumerate(meta) if hasattr(m, "shape")}
     return {}

@@ -8,7 +8,7 @@ import contextlib
 import io
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Dict
+from typing import Callable, Dict
 
 import torch
 import torch.fx as fx
@@ -52,8 +52,7 @@ def record_shapes(gm: fx.GraphModule, example_inputs) -> ShapeRecord:
         m.training = False
     try:
         try:
-            with _on_meta(gm), torch.no_grad():
-                _record_on_meta(gm, [_meta_twin(x) for x in example_inputs])
+            run_on_meta(gm, example_inputs, record_node_meta)
             method = "meta"
         except Exception as e:   # kept, not swallowed: the record says why the fallback ran
             failures["meta"] = _first_line(e)
@@ -83,39 +82,57 @@ SHAPE_PRESERVING = (nn.modules.batchnorm._BatchNorm, nn.ReLU, nn.ReLU6, nn.SiLU,
                     nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.Dropout, nn.Identity, nn.LayerNorm)
 
 
-def _record_on_meta(gm: fx.GraphModule, inputs) -> None:
-    """Run the graph node by node on meta tensors and record each node's tensor metadata. A plain loop,
-    not fx.Interpreter: its per-node bookkeeping costs more than a meta op. Any failure raises (the
-    caller falls back to fake tensors, then to a real run that names the failing node)."""
+class MetaRunError(RuntimeError):
+    """A graph failed to run on meta tensors; `node` is where."""
+
+    def __init__(self, node: fx.Node, cause: BaseException):
+        super().__init__(f"node {node.name!r} ({node.op} {node.target}): {type(cause).__name__}: {cause}")
+        self.node = node
+
+
+def run_on_meta(gm: fx.GraphModule, example_inputs, on_value: Callable[[fx.Node, object], None]) -> None:
+    """Run the graph node by node on meta tensors (parameters, buffers and inputs swapped for data-less
+    twins, restored afterwards) and call `on_value(node, value)` after each node. A plain loop, not
+    fx.Interpreter: its per-node bookkeeping costs more than a meta op. A failing node (or an exception
+    from `on_value`) raises MetaRunError naming the node. The caller sets eval mode if it matters."""
     modules = dict(gm.named_modules())
     env: Dict[fx.Node, object] = {}
-    inputs = iter(inputs)
+    inputs = iter([_meta_twin(x) for x in example_inputs])
     load = env.__getitem__
-    for n in gm.graph.nodes:
-        if n.op == "placeholder":
-            value = next(inputs)
-        elif n.op == "output":
-            value = fx.node.map_arg(n.args[0], load)
-        elif n.op == "get_attr":
-            owner, _, attr = n.target.rpartition(".")
-            value = getattr(modules[owner], attr)
-        else:
-            args, kwargs = fx.node.map_arg(n.args, load), fx.node.map_arg(n.kwargs, load)
-            if n.target in _CAT:
-                value = _cat_on_meta(*args, **kwargs)
-            elif n.op == "call_function":
-                value = n.target(*args, **kwargs)
-            elif n.op == "call_method":
-                value = getattr(args[0], n.target)(*args[1:], **kwargs)
-            else:
-                module = modules[n.target]
-                x = args[0] if len(args) == 1 and not kwargs else None
-                if isinstance(module, SHAPE_PRESERVING) and isinstance(x, torch.Tensor) and x.is_floating_point():
-                    value = x
+    with _on_meta(gm), torch.no_grad():
+        for n in gm.graph.nodes:
+            try:
+                if n.op == "placeholder":
+                    value = next(inputs)
+                elif n.op == "output":
+                    value = fx.node.map_arg(n.args[0], load)
+                elif n.op == "get_attr":
+                    owner, _, attr = n.target.rpartition(".")
+                    value = getattr(modules[owner], attr)
                 else:
-                    value = module(*args, **kwargs)
-        env[n] = value
-        record_node_meta(n, value)
+                    args, kwargs = fx.node.map_arg(n.args, load), fx.node.map_arg(n.kwargs, load)
+                    if n.target in _CAT:
+                        value = _cat_on_meta(*args, **kwargs)
+                    elif n.op == "call_function":
+                        value = n.target(*args, **kwargs)
+                    elif n.op == "call_method":
+                        value = getattr(args[0], n.target)(*args[1:], **kwargs)
+                    else:
+                        module = modules[n.target]
+                        x = args[0] if len(args) == 1 and not kwargs else None
+                        if isinstance(module, SHAPE_PRESERVING) and isinstance(x, torch.Tensor) \
+                                and x.is_floating_point():
+                            value = x
+                        elif type(module) is nn.Linear and isinstance(x, torch.Tensor) and x.dim() >= 1 \
+                                and x.shape[-1] == module.weight.shape[1]:
+                            # addmm's meta kernel runs through Python decompositions (most of ViT's time)
+                            value = x.new_empty((*x.shape[:-1], module.weight.shape[0]))
+                        else:
+                            value = module(*args, **kwargs)
+                env[n] = value
+                on_value(n, value)
+            except Exception as e:
+                raise MetaRunError(n, e) from e
 
 
 _CAT = (torch.cat, torch.concat, torch.concatenate)

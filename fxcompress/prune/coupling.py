@@ -17,7 +17,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from .. import ops  # noqa: F401  (registers every op family's rules)
-from ..graph.keys import NODE, ValueKey, output_keys
+from ..graph.keys import ValueKey, output_keys
 from ..ops.registry import COUPLING, PASSIVE
 from .builder import ChannelGraphBuilder
 from .groups import CONSUMER, PRODUCER
@@ -54,7 +54,7 @@ class RuleCtx:
         """Item `i` (or the whole) of another node's output, if it is a tracked tensor."""
         if not isinstance(node, fx.Node):
             return None
-        key = ValueKey(NODE, node.name, i)
+        key = ValueKey.of_node(node.name, i)
         return self._track(key) if key in self.b.base else None
 
     def key_of(self, value) -> Optional[ValueKey]:

@@ -16,7 +16,8 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from ..graph.keys import NODE, ValueKey
+from ..graph.keys import ValueKey
+from ..graph.shapes import MetaRunError, run_on_meta
 from ..graph.tracing import node_shape
 from .apply import apply_plan
 from .groups import ChannelGroupsResult
@@ -57,8 +58,8 @@ def _first_mismatch(gm: fx.GraphModule, result: ChannelGroupsResult, masks, inpu
             except Exception:
                 Probe.failed = n
                 raise
-            items = {ValueKey(NODE, n.name): out} if isinstance(out, torch.Tensor) else \
-                {ValueKey(NODE, n.name, i): v for i, v in enumerate(out)} if isinstance(out, (tuple, list)) else {}
+            items = {ValueKey.of_node(n.name): out} if isinstance(out, torch.Tensor) else \
+                {ValueKey.of_node(n.name, i): v for i, v in enumerate(out)} if isinstance(out, (tuple, list)) else {}
             for key, value in items.items():
                 if isinstance(value, torch.Tensor) and key in result.shapes and \
                         tuple(value.shape) != s.new_shape(key):
@@ -88,24 +89,44 @@ def _reaching_names(node: fx.Node, depth: int = 4) -> set:
     return names
 
 
+def _first_mismatch_on_meta(gm: fx.GraphModule, result: ChannelGroupsResult, masks, inputs) -> Optional[fx.Node]:
+    """As _first_mismatch, on meta tensors with graph.shapes' fast loop (no Interpreter, no data)."""
+    s = PruneState(result, masks)
+
+    def check(n, out):
+        items = {ValueKey.of_node(n.name): out} if isinstance(out, torch.Tensor) else \
+            {ValueKey.of_node(n.name, i): v for i, v in enumerate(out)} if isinstance(out, (tuple, list)) else {}
+        for key, value in items.items():
+            if isinstance(value, torch.Tensor) and key in result.shapes and tuple(value.shape) != s.new_shape(key):
+                raise RuntimeError("shape mismatch")
+    try:
+        run_on_meta(gm, inputs, check)
+    except MetaRunError as e:
+        return e.node
+    return None
+
+
 def probe_groups(gm: fx.GraphModule, result: ChannelGroupsResult, example_inputs,
                  max_rounds: int = 30) -> tuple:
     """Returns ({group id: why it must stay whole}, how the probe ran: "not needed" | "meta" | "real")."""
     if not any(_has_dynamic_size(n) for n in gm.graph.nodes):
         return {}, "not needed"   # every size in the graph follows its tensors: the predictions are complete
-    base, inputs, how = _meta_copy(gm), tuple(t.to("meta") for t in example_inputs), "meta"
-    if _first_mismatch(base, result, {}, inputs) is not None:
-        base, inputs, how = gm, tuple(example_inputs), "real"   # e.g. tensors made on the CPU inside forward
+    inputs = tuple(example_inputs)
+    how = "meta" if _first_mismatch_on_meta(gm, result, {}, inputs) is None else "real"
     fixed: Dict[int, str] = {}
     for _ in range(max_rounds):
         plan = {g.id: np.arange(1, g.size) for g in result.prunable() if g.size > 1 and g.id not in fixed}
         if not plan:
             break
-        new = apply_plan(base, result, plan)
-        was_training = new.training
-        new.eval()
-        node = _first_mismatch(new, result, keep_masks(result, plan), inputs)
-        new.train(was_training)
+        if how == "meta":   # parameters on the meta device: the pruned copy costs no memory
+            node = _first_mismatch_on_meta(apply_plan(_meta_copy(gm), result, plan), result,
+                                           keep_masks(result, plan), inputs)
+        else:
+            new = apply_plan(gm, result, plan)
+            was_training = new.training
+            new.eval()
+            node = _first_mismatch(new, result, keep_masks(result, plan), inputs)
+            new.train(was_training)
         if node is None:
             break
         names = _reaching_names(node)

@@ -12,7 +12,7 @@ import torch
 import torch.fx as fx
 
 from ..core.errors import PassError
-from ..graph.keys import NODE, PARAM, ValueKey, output_keys
+from ..graph.keys import ValueKey, output_keys
 from .groups import ChannelGroupsResult, Dim
 
 Plan = Mapping[int, Sequence[int]]
@@ -70,21 +70,21 @@ class PruneState:
     # ---- by node (what op rules use)
     def old_shape(self, node, i: Optional[int] = None) -> Optional[tuple]:
         """The shape when the groups were built (None for untracked values)."""
-        return self.result.shapes.get(ValueKey(NODE, node.name, i)) if isinstance(node, fx.Node) else None
+        return self.result.shapes.get(ValueKey.of_node(node.name, i)) if isinstance(node, fx.Node) else None
 
     def node_shape(self, node, i: Optional[int] = None) -> Optional[tuple]:
         """The shape after pruning (None for untracked values)."""
         if not isinstance(node, fx.Node):
             return None
-        key = ValueKey(NODE, node.name, i)
+        key = ValueKey.of_node(node.name, i)
         return self.new_shape(key) if key in self.result.shapes else None
 
     def node_mask(self, node, dim: int, i: Optional[int] = None) -> Optional[np.ndarray]:
-        key = ValueKey(NODE, node.name, i)
+        key = ValueKey.of_node(node.name, i)
         return self.mask(key, dim) if key in self.result.shapes else None
 
     def changed(self, node, i: Optional[int] = None) -> bool:
-        key = ValueKey(NODE, node.name, i)
+        key = ValueKey.of_node(node.name, i)
         return any((key, d) in self.masks for d in range(len(self.result.shapes.get(key, ()))))
 
     def kept_count(self, node, dim: int, start: int, stop: int) -> int:
@@ -96,11 +96,11 @@ class PruneState:
 
     # ---- by parameter
     def param_mask(self, qualname: str, dim: int) -> Optional[np.ndarray]:
-        key = ValueKey(PARAM, qualname)
+        key = ValueKey.of_param(qualname)
         return self.mask(key, dim) if key in self.result.shapes else None
 
     def param_shape(self, qualname: str, actual: Sequence[int]) -> tuple:
-        key = ValueKey(PARAM, qualname)
+        key = ValueKey.of_param(qualname)
         return self.new_shape(key) if key in self.result.shapes else tuple(actual)
 
 
