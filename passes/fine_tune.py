@@ -1,6 +1,7 @@
 """FineTune: train the current model for a few epochs (after pruning, say) with the shared training loop."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional, Sequence
 
 from fxcompress.core.pass_base import TransformPass
@@ -24,7 +25,8 @@ class FineTune(TransformPass):
         metrics = {}
         if ctx.val_loader is not None:
             metrics["top1_before"] = evaluate(ctx.gm, ctx.val_loader, ctx.device)["top1"]
-        history = fit(ctx.gm, ctx.train_loader, self.config, hooks=self.hooks, device=ctx.device, desc=self.name)
+        config = self.config if ctx.progress else dataclasses.replace(self.config, progress=False)
+        history = fit(ctx.gm, ctx.train_loader, config, hooks=self.hooks, device=ctx.device, desc=self.name)
         ctx.gm.eval()
         if history:
             metrics["train_loss"] = history[-1]["loss"]

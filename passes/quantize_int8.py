@@ -82,7 +82,8 @@ class QuantizeINT8(TransformPass):
         modules = dict(gm.named_modules())
         quantizers = insert_fake_quant(gm, plan, self.config, self.per_channel, self.symmetric_weights)
         start = time.perf_counter()
-        calib = calibrate(gm, ctx.calib_loader, quantizers, self.calib_batches, ctx.device, self.progress)
+        calib = calibrate(gm, ctx.calib_loader, quantizers, self.calib_batches, ctx.device,
+                          self.progress and ctx.progress)
         if self.bias_correction:
             calib.update(correct_biases(gm, weighted_modules(gm), ctx.calib_loader, self.calib_batches, ctx.device))
         calib_seconds = time.perf_counter() - start
@@ -103,7 +104,8 @@ class QuantizeINT8(TransformPass):
     def _qat(self, gm, ctx) -> dict:
         gm.train()
         # activation scales stay frozen from calibration; weight scales follow the weights (see WeightQuantizer)
-        config = TrainConfig(epochs=self.qat_epochs, lr=self.qat_lr, weight_decay=0.0, progress=self.progress)
+        config = TrainConfig(epochs=self.qat_epochs, lr=self.qat_lr, weight_decay=0.0,
+                             progress=self.progress and ctx.progress)
         history = fit(gm, ctx.train_loader, config, device=ctx.device, desc="QAT")
         gm.eval()
         return {"qat_epochs": self.qat_epochs, "qat_history": history}

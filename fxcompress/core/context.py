@@ -19,6 +19,7 @@ class PassContext:
     val_loader: Optional[Iterable] = None
     calib_loader: Optional[Iterable] = None
     device: torch.device = torch.device("cpu")
+    progress: bool = True   # compile(progress=False) silences every pass's progress bars
     # False while gm shares its modules with the user's model: the manager copies it before a transform
     owns_gm: bool = True
     analyses: Dict[Any, Any] = field(default_factory=dict)

@@ -84,3 +84,13 @@ def test_tracing_leaves_no_tensor_constants_on_the_user_model():
     result = fxcompress.compile(model, [CountFlops()], X, progress=False)
     assert set(model.__dict__) | set(model._buffers) | set(model._parameters) == names
     assert torch.allclose(result.model(X), model(X))
+
+
+def test_progress_false_silences_every_bar(capsys):
+    from fxcompress.passes import FineTune, QuantizeINT8
+    model = net()
+    data = [(torch.randn(4, 3, 6, 6), torch.randint(0, 3, (4,))) for _ in range(2)]
+    fxcompress.compile(model, [FineTune(epochs=1), QuantizeINT8()], X, train_loader=data, calib_loader=data,
+                       progress=False)
+    err = capsys.readouterr().err
+    assert "calibrating" not in err and "FineTune" not in err and "it/s" not in err
