@@ -5,8 +5,9 @@ import math
 from typing import Iterable, Optional
 
 from fxcompress.prune.apply import prune
-from fxcompress.core.errors import PassError
+from fxcompress.core.errors import PassError, VerificationError
 from fxcompress.core.pass_base import TransformPass
+from fxcompress.graph.macs import count_macs
 from fxcompress.prune.plan import PlanMacs, magnitude_scores, plan_from_scores, refine_to_target, search_ratio
 
 from .channel_groups import ChannelGroups
@@ -94,10 +95,16 @@ class MagnitudePrune(TransformPass):
             if macs > target:  # search_ratio returns its best; going on would silently miss the target
                 raise self._unreachable(result, groups, macs, ctx.flops().macs)
             if self.refine and macs <= target:
-                plan, _ = refine_to_target(plan, macs, groups, scores, self.round_to, macs_of, target)
+                plan, macs = refine_to_target(plan, macs, groups, scores, self.round_to, macs_of, target)
         else:
-            plan = make_plan(ratio)
+            plan, macs = make_plan(ratio), None
         ctx.gm, metrics = prune(ctx.gm, result, plan, ctx.example_inputs)
+        if macs is not None:   # the one physical apply confirms the MACs the search predicted from shapes
+            applied = count_macs(ctx.gm).macs
+            if applied != macs:
+                raise VerificationError(f"MagnitudePrune predicted {macs} MACs for its plan, the pruned model "
+                                        f"has {applied}: a MACs rule in fxcompress.ops does not follow shapes")
+            metrics["predicted_macs"] = macs
         metrics["ratio"] = ratio
         metrics["prunable_groups"] = len(groups)
         return metrics
