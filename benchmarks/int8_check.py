@@ -43,11 +43,11 @@ def build(name: str, size: int):
         batches = [x for x, _ in cifar10(os.path.join(SHARED, "data"), "test", batch_size=16, shuffle=False,
                                          limit=128)]
         return model.eval(), batches[:4], batches[4:8]
-    import torchvision
     from fxcompress.models.random_init import recalibrate_batchnorm
+    from zoo_prune import build as zoo_model   # the zoo sweep's models and the input size each accepts
     torch.manual_seed(0)
-    kw = {"aux_logits": False, "init_weights": True} if name in ("googlenet", "inception_v3") else {}
-    model = torchvision.models.get_model(name, weights=None, **kw)
+    model, x = zoo_model(name, size)
+    size = x.shape[-1]
     recalibrate_batchnorm(model, (1, 3, size, size))
     gen = torch.Generator().manual_seed(1)
     calib = [torch.randn(8, 3, size, size, generator=gen) for _ in range(4)]
@@ -57,9 +57,13 @@ def build(name: str, size: int):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", nargs="*", default=MODELS)
+    p.add_argument("--models", nargs="*", default=MODELS, help="model names, or 'zoo' for every torchvision "
+                   "classification model")
     p.add_argument("--size", type=int, default=64)
     args = p.parse_args(argv)
+    if args.models == ["zoo"]:
+        import torchvision
+        args.models = ["cifar_resnet20"] + torchvision.models.list_models(module=torchvision.models)
     rows = []
     print("| model | SNR quant (dB) | SNR lower (dB) | margin | required | top-1 agreement | passed |")
     print("|---|---|---|---|---|---|---|")
@@ -77,13 +81,20 @@ def main(argv=None):
                                               "check_samples", "int8_mac_fraction") if k in m},
                            top1_agreement=m.get("top1_agreement"), passed=True)
                 row["margin_db"] = row["snr_lower_db"] - row["snr_quant_db"]
-            except fxcompress.VerificationError as e:
-                row.update(passed=False, error=str(e)[:300])
+            except fxcompress.FxCompressError as e:   # which check refused it (the SNR check or another)
+                snr = "does not compute what the fake-quant model computes" in str(e)
+                row.update(passed=False, failed_check="snr" if snr else type(e).__name__, error=str(e)[:300])
+            except Exception as e:  # noqa: BLE001 - a sweep records every failure and goes on
+                row.update(passed=False, failed_check=type(e).__name__, error=str(e)[:300])
             row["seconds"] = round(time.perf_counter() - start, 1)
             rows.append(row)
             f = lambda k: f"{row[k]:.1f}" if isinstance(row.get(k), float) else "-"  # noqa: E731
             print(f"| {name} | {f('snr_quant_db')} | {f('snr_lower_db')} | {f('margin_db')} | "
-                  f"{f('snr_lower_required_db')} | {row.get('top1_agreement') or '-'} | {row['passed']} |", flush=True)
+                  f"{f('snr_lower_required_db')} | {row.get('top1_agreement') or '-'} | "
+                  f"{row['passed'] or row['failed_check']} |", flush=True)
+    snr_failed = [r["model"] for r in rows if r.get("failed_check") == "snr"]
+    print(f"\n{sum(r['passed'] for r in rows)} / {len(rows)} passed every export check; the SNR check refused "
+          f"{len(snr_failed)} {snr_failed}; the others failed earlier checks (see failed_check)")
     out = {"provenance": provenance(), "command": "python benchmarks/int8_check.py " + " ".join(argv or sys.argv[1:]),
            "tolerances": {k: v for k, v in TOLERANCES.items() if k.startswith("int8")}, "rows": rows}
     atomic_write_text(os.path.join(HERE, "results", "int8_check.json"), json.dumps(out, indent=2))
