@@ -226,17 +226,18 @@ class ChannelGraphBuilder:
         macs_of_key = {k: sum(node_macs.get(n.name, 0) for n in users) for k, users in self.param_users.items()}
         macs, params, group_size = [0.0] * len(counts), [0.0] * len(counts), counts.tolist()
         members_of: Dict[int, List[Member]] = {}
-        roles = self.roles
+        roles, dim_keys, shapes = self.roles, self.dim_keys, self.shapes   # locals: this loop runs per member
+        is_param = [k.is_param for k, _ in dim_keys]
         for s, e, g, c in zip(starts.tolist(), ends.tolist(), g_id[starts].tolist(), c_id[starts].tolist()):
             positions, units = p_id[s:e], u_id[s:e]
             members = members_of.setdefault(g, [])
             for d in dims_of_class[c]:
-                key, dim = self.dim_keys[d]
+                key, dim = dim_keys[d]
                 role = None
-                if key.is_param:
+                if is_param[d]:
                     # parameters make their channel unless a rule says they only read it (input columns)
                     role = roles.get((key, dim), PRODUCER)
-                    shape = self.shapes[key]
+                    shape = shapes[key]
                     frac = (e - s) / max(shape[dim], 1) / max(group_size[g], 1)
                     params[g] += math.prod(shape) * frac
                     macs[g] += macs_of_key.get(key, 0) * frac

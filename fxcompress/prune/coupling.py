@@ -10,7 +10,7 @@ pruned through this op), so an op with no rule blocks everything it touches: nev
 """
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import torch
 import torch.fx as fx
@@ -36,14 +36,14 @@ class RuleCtx:
 
     def __init__(self, b: ChannelGraphBuilder, node: fx.Node, module: Optional[nn.Module] = None):
         self.b, self.node, self.module = b, node, module
-        self.keys: List[ValueKey] = []  # every vertex this node touches (checked for untouched dims afterwards)
+        self.keys: Dict[ValueKey, None] = {}  # every vertex this node touches, in order (an ordered set)
         self.local: set = set()          # (key, dim) this rule coupled or blocked
         self.name = op_name(node, module)
 
     # ---- lookups ----------------------------------------------------------------------------------
     def _track(self, key):
-        if key is not None and key not in self.keys:
-            self.keys.append(key)
+        if key is not None:
+            self.keys[key] = None
         return key
 
     def out(self, i: Optional[int] = None) -> Optional[ValueKey]:
@@ -190,7 +190,7 @@ def build_channel_graph(gm: fx.GraphModule) -> ChannelGraphBuilder:
                 continue
             rule = None
         ins = r.tensor_args()
-        r.keys = []
+        r.keys = {}
         if rule is None:
             if not outs and not ins:
                 continue
@@ -207,7 +207,7 @@ def build_channel_graph(gm: fx.GraphModule) -> ChannelGraphBuilder:
             rule(r)
         except Exception as e:  # a rule that cannot handle this instance blocks instead of guessing
             reason = f"{r.name}: rule failed ({type(e).__name__}: {e})"
-            for k in set(outs + ins + r.keys):
+            for k in set(outs + ins + list(r.keys)):
                 b.block_all(k, reason)
             continue
         _block_untouched(r, outs, ins)
