@@ -15,11 +15,13 @@ TOLERANCES = {
     "onnx_fp32": 1e-4,         # ONNX Runtime against PyTorch, FP32
     # INT8 ONNX vs the fake-quant graph, on held-out inputs, every output: the SNR of onnxruntime against the
     # fake-quant model must exceed the SNR of the fake-quant model against float by this many dB (the
-    # lowering adds far less noise than quantization itself). Measurements behind it: README, "INT8 check".
-    "int8_lowering_margin_db": 40.0,
-    # ... or at least this many dB: enough where quantization itself is nearly lossless (the integer
-    # emulation is bit-exact on conv/linear/add, float32 rounding of float outputs leaves ~100-117 dB; the
-    # worst clean model measured, 71 dB; injected faults measured 4-51 dB, see the README)
+    # lowering adds at most a tenth of the noise quantization adds), or reach the floor below. Measured
+    # (README, "The INT8 check"): clean models 12.8-111.6 dB above (the emulation is bit-exact on most layers;
+    # resnet50 at 224x224 with minmax ranges keeps 16 dB), without the emulation 1.7-8.4 dB; faults that
+    # onnxruntime executes (a producer/consumer scale or zero point, a transposed weight) 4-22 dB SNR.
+    "int8_lowering_margin_db": 10.0,
+    # ... or at least this many dB: enough where quantization itself is nearly lossless (float32 rounding of
+    # float outputs alone leaves ~100-117 dB)
     "int8_lowering_floor_db": 60.0,
 }
 

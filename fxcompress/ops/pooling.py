@@ -35,6 +35,7 @@ def pool_coupling(spatial: int):
 for _spatial, (_modules, _functions) in POOLS.items():
     COUPLING.register(*_modules, *_functions, rule=pool_coupling(_spatial))
 
+AVERAGE_POOL = QuantRule("requantize")
 QUANT.register(nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AvgPool1d, nn.AvgPool2d, F.adaptive_avg_pool2d,
-               F.avg_pool2d, rule=QuantRule("requantize"))
+               F.avg_pool2d, rule=AVERAGE_POOL)
 QUANT.register(nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, F.max_pool2d, rule=QuantRule("passthrough"))

@@ -24,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..ops.elementwise import ADD
+from ..ops.pooling import AVERAGE_POOL
 from .fake_quant import WEIGHT_QMAX, WEIGHT_QMIN, ActivationQuantizer, WeightQuantizer
 from .insert import rule_for
 from .observers import QMAX, QMIN
@@ -57,6 +58,8 @@ class IntegerEmulation(nn.Module):
         with torch.no_grad():
             if self.kind == "add":
                 out = self._add(*inputs)
+            elif self.kind == "global_average_pool":
+                out = self._global_average_pool(inputs[0])
             else:
                 out = self._weighted(inputs[0])
         return out.to(result.dtype)
@@ -106,6 +109,27 @@ class IntegerEmulation(nn.Module):
         return self._requantized(value, zp_added=True)
 
 
+    def _global_average_pool(self, x: torch.Tensor) -> torch.Tensor:
+        """QLinearGlobalAveragePool (MLAS): the integer sum of the codes minus zp_x * N, requantized with
+        fl32(s_x / fl32(s_y * N)), rounded half to even."""
+        qx, qy = self.refs["inputs"][0], self.refs["output"]
+        spatial = tuple(range(2, x.dim()))
+        n = 1
+        for d in spatial:
+            n *= x.shape[d]
+        codes = (_codes(x, qx) + float(qx.zero_point)).double()
+        acc = codes.sum(dim=spatial, keepdim=True) - float(qx.zero_point) * n     # exact: integers < 2^53
+        scale = (qx.scale.float() / (qy.scale.float() * torch.tensor(float(n), dtype=torch.float32))).float()
+        return self._requantized(acc.float() * scale)
+
+
+def _global_pool(node: fx.Node) -> bool:
+    """An average pool to one value per channel (what onnxruntime runs as QLinearGlobalAveragePool)."""
+    meta = node.meta.get("tensor_meta")
+    return meta is not None and hasattr(meta, "shape") and len(meta.shape) > 2 and \
+        all(s == 1 for s in meta.shape[2:])
+
+
 def _quantizer_of(node, modules) -> Optional[ActivationQuantizer]:
     if isinstance(node, fx.Node) and node.op == "call_module" and isinstance(modules.get(node.target),
                                                                              ActivationQuantizer):
@@ -131,10 +155,10 @@ def _output_quantizer(node: fx.Node, modules) -> Optional[ActivationQuantizer]:
 
 
 def install_integer_emulation(gm: fx.GraphModule, weighted: Dict[str, nn.Module]) -> dict:
-    """Insert IntegerEmulation nodes after the quantized convs/linears with a quantized output and after
-    the adds of two quantized tensors. Returns counts."""
+    """Insert IntegerEmulation nodes after the quantized convs/linears with a quantized output, after the
+    adds of two quantized tensors and after global average pools. Returns counts."""
     modules = dict(gm.named_modules())
-    counts = {"emulated_layers": 0, "emulated_adds": 0}
+    counts = {"emulated_layers": 0, "emulated_adds": 0, "emulated_pools": 0}
     for node in list(gm.graph.nodes):
         kind = inputs = layer = None
         if node.op == "call_module" and node.target in weighted and node.args:
@@ -147,6 +171,10 @@ def install_integer_emulation(gm: fx.GraphModule, weighted: Dict[str, nn.Module]
             qs = [_quantizer_of(a, modules) for a in node.args]
             if all(q is not None for q in qs):
                 kind, inputs, args = "add", qs, tuple(node.args)
+        elif rule_for(node, modules) is AVERAGE_POOL and _global_pool(node) and node.args:
+            qx = _quantizer_of(node.args[0], modules)
+            if qx is not None:
+                kind, inputs, args = "global_average_pool", [qx], (node.args[0],)
         if kind is None:
             continue
         qy = _output_quantizer(node, modules)
@@ -158,7 +186,7 @@ def install_integer_emulation(gm: fx.GraphModule, weighted: Dict[str, nn.Module]
             emu = gm.graph.call_module(name, (node,) + args)
         node.replace_all_uses_with(emu, delete_user_cb=lambda u, e=emu: u is not e)
         emu.meta["tensor_meta"] = node.meta.get("tensor_meta")
-        counts["emulated_layers" if kind == "weighted" else "emulated_adds"] += 1
+        counts[{"weighted": "emulated_layers", "add": "emulated_adds"}.get(kind, "emulated_pools")] += 1
     gm.recompile()
     return counts
 
