@@ -127,6 +127,8 @@ def run_on_meta(gm: fx.GraphModule, example_inputs, on_value: Callable[[fx.Node,
                                 and x.shape[-1] == module.weight.shape[1]:
                             # addmm's meta kernel runs through Python decompositions (most of ViT's time)
                             value = x.new_empty((*x.shape[:-1], module.weight.shape[0]))
+                        elif type(module) is nn.Conv2d and isinstance(x, torch.Tensor) and _plain_conv(module, x):
+                            value = x.new_empty(_conv2d_shape(module, x.shape))   # a third of DenseNet's meta time
                         else:
                             value = module(*args, **kwargs)
                 env[n] = value
@@ -136,6 +138,18 @@ def run_on_meta(gm: fx.GraphModule, example_inputs, on_value: Callable[[fx.Node,
 
 
 _CAT = (torch.cat, torch.concat, torch.concatenate)
+
+
+def _plain_conv(m: nn.Conv2d, x: torch.Tensor) -> bool:
+    """A conv whose output shape is plain arithmetic: zero padding given as numbers, matching channels."""
+    return m.padding_mode == "zeros" and not isinstance(m.padding, str) and x.dim() == 4 \
+        and x.shape[1] == m.in_channels and x.is_floating_point()
+
+
+def _conv2d_shape(m: nn.Conv2d, shape) -> tuple:
+    spatial = tuple((size + 2 * p - d * (k - 1) - 1) // s + 1
+                    for size, p, d, k, s in zip(shape[2:], m.padding, m.dilation, m.kernel_size, m.stride))
+    return (shape[0], m.out_channels, *spatial)
 
 
 def _cat_on_meta(tensors, dim=0, *, out=None):
