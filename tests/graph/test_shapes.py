@@ -104,3 +104,17 @@ def test_fallbacks_print_nothing(capsys):
     rec = record_shapes(trace(_ItemInForward().eval()), (torch.randn(1, 3, 8, 8),))
     assert rec.method == "real" and "<- DataDependentOutputException" in rec.failures["fake"]
     assert capsys.readouterr().err == ""
+
+
+def test_conv_shapes_by_arithmetic_match_a_real_run():
+    """Conv2d output shapes on the meta path are computed, not run: strides, dilations, paddings, groups
+    and odd sizes must give what a real forward gives."""
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.Conv2d(8, 8, 5, dilation=2, padding=3, groups=4),
+                        nn.Conv2d(8, 6, (3, 1), stride=(1, 3)), nn.Conv2d(6, 6, 1, padding="same"),
+                        nn.Conv2d(6, 4, 2, padding=2, padding_mode="reflect")).eval()
+    x = torch.randn(2, 3, 23, 17)
+    fast, real = trace(net), trace(net)
+    record_shapes(fast, (x,))
+    propagate_shapes(real, (x,))
+    shape = lambda gm: [tuple(n.meta["tensor_meta"].shape) for n in gm.graph.nodes if n.op != "output"]  # noqa: E731
+    assert shape(fast) == shape(real)
