@@ -9,7 +9,7 @@ meta tensors cannot run is probed on a real copy instead (its unpruned tensors s
 from __future__ import annotations
 
 import copy
-from typing import Dict, Optional
+from typing import Dict
 
 import numpy as np
 import torch
@@ -45,26 +45,37 @@ def _meta_copy(gm: fx.GraphModule) -> fx.GraphModule:
     return copy.deepcopy(gm, memo)
 
 
-def _first_mismatch(gm: fx.GraphModule, result: ChannelGroupsResult, masks, inputs) -> Optional[fx.Node]:
-    """Run gm; the first node that fails or whose shape differs from the prediction (None if all hold)."""
+def _shape_check(result: ChannelGroupsResult, masks):
+    """A callback(node, value) raising when a node's output differs from the shape the plan predicts."""
     s = PruneState(result, masks)
+
+    def check(n, out):
+        items = {ValueKey.of_node(n.name): out} if isinstance(out, torch.Tensor) else \
+            {ValueKey.of_node(n.name, i): v for i, v in enumerate(out)} if isinstance(out, (tuple, list)) else {}
+        for key, value in items.items():
+            if isinstance(value, torch.Tensor) and key in result.shapes and tuple(value.shape) != s.new_shape(key):
+                raise RuntimeError("shape mismatch")
+    return check
+
+
+def _first_mismatch(gm: fx.GraphModule, result: ChannelGroupsResult, masks, inputs, on_meta: bool):
+    """Run gm (on meta tensors with graph.shapes' fast loop, or for real); the first node that fails or whose
+    shape differs from the prediction, None if all hold."""
+    check = _shape_check(result, masks)
+    if on_meta:
+        try:
+            run_on_meta(gm, inputs, check)
+        except MetaRunError as e:
+            return e.node
+        return None
 
     class Probe(fx.Interpreter):
         failed = None
 
         def run_node(self, n):
-            try:
-                out = super().run_node(n)
-            except Exception:
-                Probe.failed = n
-                raise
-            items = {ValueKey.of_node(n.name): out} if isinstance(out, torch.Tensor) else \
-                {ValueKey.of_node(n.name, i): v for i, v in enumerate(out)} if isinstance(out, (tuple, list)) else {}
-            for key, value in items.items():
-                if isinstance(value, torch.Tensor) and key in result.shapes and \
-                        tuple(value.shape) != s.new_shape(key):
-                    Probe.failed = n
-                    raise RuntimeError("shape mismatch")
+            Probe.failed = n
+            out = super().run_node(n)
+            check(n, out)
             return out
     try:
         with torch.no_grad():
@@ -89,43 +100,26 @@ def _reaching_names(node: fx.Node, depth: int = 4) -> set:
     return names
 
 
-def _first_mismatch_on_meta(gm: fx.GraphModule, result: ChannelGroupsResult, masks, inputs) -> Optional[fx.Node]:
-    """As _first_mismatch, on meta tensors with graph.shapes' fast loop (no Interpreter, no data)."""
-    s = PruneState(result, masks)
-
-    def check(n, out):
-        items = {ValueKey.of_node(n.name): out} if isinstance(out, torch.Tensor) else \
-            {ValueKey.of_node(n.name, i): v for i, v in enumerate(out)} if isinstance(out, (tuple, list)) else {}
-        for key, value in items.items():
-            if isinstance(value, torch.Tensor) and key in result.shapes and tuple(value.shape) != s.new_shape(key):
-                raise RuntimeError("shape mismatch")
-    try:
-        run_on_meta(gm, inputs, check)
-    except MetaRunError as e:
-        return e.node
-    return None
-
-
 def probe_groups(gm: fx.GraphModule, result: ChannelGroupsResult, example_inputs,
                  max_rounds: int = 30) -> tuple:
     """Returns ({group id: why it must stay whole}, how the probe ran: "not needed" | "meta" | "real")."""
     if not any(_has_dynamic_size(n) for n in gm.graph.nodes):
         return {}, "not needed"   # every size in the graph follows its tensors: the predictions are complete
     inputs = tuple(example_inputs)
-    how = "meta" if _first_mismatch_on_meta(gm, result, {}, inputs) is None else "real"
+    how = "meta" if _first_mismatch(gm, result, {}, inputs, on_meta=True) is None else "real"
     fixed: Dict[int, str] = {}
     for _ in range(max_rounds):
         plan = {g.id: np.arange(1, g.size) for g in result.prunable() if g.size > 1 and g.id not in fixed}
         if not plan:
             break
         if how == "meta":   # parameters on the meta device: the pruned copy costs no memory
-            node = _first_mismatch_on_meta(apply_plan(_meta_copy(gm), result, plan), result,
-                                           keep_masks(result, plan), inputs)
+            node = _first_mismatch(apply_plan(_meta_copy(gm), result, plan), result, keep_masks(result, plan),
+                                   inputs, on_meta=True)
         else:
             new = apply_plan(gm, result, plan)
             was_training = new.training
             new.eval()
-            node = _first_mismatch(new, result, keep_masks(result, plan), inputs)
+            node = _first_mismatch(new, result, keep_masks(result, plan), inputs, on_meta=False)
             new.train(was_training)
         if node is None:
             break
