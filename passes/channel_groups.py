@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from fxcompress.core.pass_base import AnalysisPass
-from fxcompress.graph.shapes import record_shapes
+from fxcompress.graph.shapes import ensure_shapes
 from fxcompress.prune.builder import paused_gc
 from fxcompress.prune.coupling import build_channel_graph
 from fxcompress.prune.groups import ChannelGroupsResult
@@ -17,9 +17,7 @@ class ChannelGroups(AnalysisPass):
     """
 
     def run(self, ctx) -> ChannelGroupsResult:
-        # the pass manager records shapes on every node after each transform: propagate only if missing
-        if any("tensor_meta" not in n.meta for n in ctx.gm.graph.nodes if n.op not in ("output", "get_attr")):
-            record_shapes(ctx.gm, ctx.example_inputs)
+        ensure_shapes(ctx.gm, ctx.example_inputs)
         with paused_gc():
             result = build_channel_graph(ctx.gm).build_groups(ctx.flops().per_node)
         fixed, _ = probe_groups(ctx.gm, result, ctx.example_inputs)  # the predicted shapes must hold on a pruned copy

@@ -6,8 +6,6 @@ import copy
 import time
 from typing import Optional
 
-import torch.nn as nn
-
 from fxcompress.fold.batchnorm import fold_batchnorms
 from fxcompress.core.errors import PassError
 from fxcompress.core.pass_base import TransformPass
@@ -20,6 +18,7 @@ from fxcompress.quant.observers import CalibrationConfig
 from fxcompress.core.verify import compare_exact, run_eval
 from fxcompress.graph.macs import node_macs
 from fxcompress.graph.shapes import record_shapes
+from fxcompress.ops.registry import QUANT
 from fxcompress.train.loop import TrainConfig, fit
 
 
@@ -112,4 +111,6 @@ class QuantizeINT8(TransformPass):
 
 
 def _is_weighted(m) -> bool:
-    return isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))
+    """A layer whose op family quantizes it with an int8 weight (ops' QUANT rules: conv, linear)."""
+    rule = QUANT.for_type(type(m))
+    return rule is not None and rule.role == "weighted"

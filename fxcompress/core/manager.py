@@ -12,7 +12,7 @@ from .context import PassContext
 from .errors import PassError, VerificationError
 from .pass_base import RESOURCES, AnalysisPass, LoweringPass, Pass, TransformPass
 from .report import PassRecord, Report
-from ..graph.shapes import record_shapes
+from ..graph.shapes import ensure_shapes
 from .verify import OutputSpec, check_finite, compare_exact, run_eval
 
 
@@ -68,8 +68,7 @@ class PassManager:
     def _output_spec(ctx: PassContext) -> OutputSpec:
         """The outputs' structure from shapes recorded without computing (meta tensors where the model
         allows; a model that fails on the example inputs raises ShapeError naming the node)."""
-        if any("tensor_meta" not in n.meta for n in ctx.gm.graph.nodes if n.op not in ("output", "get_attr")):
-            record_shapes(ctx.gm, ctx.example_inputs)
+        ensure_shapes(ctx.gm, ctx.example_inputs)
         spec = OutputSpec.from_graph(ctx.gm)
         return spec if spec is not None else OutputSpec.of(ctx.refresh_shapes())
 

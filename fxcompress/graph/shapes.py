@@ -76,6 +76,12 @@ def record_shapes(gm: fx.GraphModule, example_inputs) -> ShapeRecord:
     return record
 
 
+def ensure_shapes(gm: fx.GraphModule, example_inputs) -> None:
+    """Record shapes unless every node already carries them (the manager records them after each transform)."""
+    if any("tensor_meta" not in n.meta for n in gm.graph.nodes if n.op not in ("output", "get_attr")):
+        record_shapes(gm, example_inputs)
+
+
 # modules whose output has the input's shape and dtype: skipped on meta tensors (torch runs BatchNorm's
 # meta kernel through Python decompositions, ~1.5 ms a call: most of DenseNet's shape time)
 SHAPE_PRESERVING = (nn.modules.batchnorm._BatchNorm, nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish,
