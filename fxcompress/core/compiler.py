@@ -36,6 +36,15 @@ def as_input_tuple(example_inputs) -> tuple:
                      f"{type(example_inputs).__name__}")
 
 
+def _tensors(model: nn.Module):
+    """Every parameter and buffer, in one walk over the modules (parameters() and buffers() walk twice)."""
+    for m in model.modules():
+        for store in (m._parameters, m._buffers):
+            for t in store.values():
+                if t is not None:
+                    yield t
+
+
 def compile(model: nn.Module, passes: Sequence[Pass], example_inputs, *, train_loader: Optional[Iterable] = None,
             val_loader: Optional[Iterable] = None, calib_loader: Optional[Iterable] = None, device="cpu",
             leaf_modules: Iterable = (), progress: bool = True) -> CompileResult:
@@ -55,8 +64,7 @@ def compile(model: nn.Module, passes: Sequence[Pass], example_inputs, *, train_l
     device = torch.device(device)
     inputs = tuple(t.to(device) for t in as_input_tuple(example_inputs))
     # a model in training mode or elsewhere than `device` needs changing before tracing: copy it now
-    tensors = list(model.parameters()) + list(model.buffers())
-    shared = not model.training and all(t.device == device for t in tensors)
+    shared = not model.training and all(t.device == device for t in _tensors(model))
     gm = trace(model if shared else copy.deepcopy(model).to(device).eval(), leaf_modules)
     ctx = PassContext(gm=gm, example_inputs=inputs, train_loader=train_loader, val_loader=val_loader,
                       calib_loader=calib_loader, device=device, owns_gm=not shared, progress=progress)

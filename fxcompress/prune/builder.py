@@ -63,6 +63,9 @@ class ChannelGraphBuilder:
         self.roles: Dict[Dim, str] = {}
         self.param_users: Dict[ValueKey, List[fx.Node]] = {}
         self.attr_of: Dict[ValueKey, ValueKey] = {}   # get_attr node vertex -> parameter vertex
+        # key objects made once and reused: a str builds its hash once, on its first lookup
+        self.node_key: Dict[fx.Node, ValueKey] = {}   # node -> vertex of its output (single tensors)
+        self.param_keys: Dict[int, ValueKey] = {}     # id(tensor) -> its vertex key
 
     # ---- vertices ---------------------------------------------------------------------------------
     def add_vertex(self, key: ValueKey, shape: Sequence[int]) -> ValueKey:
@@ -78,10 +81,13 @@ class ChannelGraphBuilder:
         return key
 
     def param_key(self, tensor: torch.Tensor) -> Optional[ValueKey]:
-        name = self.tensor_names.get(id(tensor))
-        if name is None:
-            return None
-        return self.add_vertex(ValueKey.of_param(name), tensor.shape)
+        key = self.param_keys.get(id(tensor))
+        if key is None:
+            name = self.tensor_names.get(id(tensor))   # the model's tensors: alive, so their ids are theirs
+            if name is None:
+                return None
+            key = self.param_keys[id(tensor)] = ValueKey.of_param(name)
+        return self.add_vertex(key, tensor.shape)
 
     # ---- couplings ------------------------------------------------------------------------------
     def couple_whole(self, a: ValueKey, da: int, b: ValueKey, db: int, kind: str = "same") -> None:
@@ -158,17 +164,17 @@ class ChannelGraphBuilder:
         Returns (component of each id, first blocking reason of each component or -1)."""
         n = classes.n_ids
         if self.mapped:
-            a = np.concatenate([classes.ids(da, pa) for da, pa, _, _ in self.mapped])
-            b = np.concatenate([classes.ids(db, pb) for _, _, db, pb in self.mapped])
+            a, _ = classes.ids_of([(da, pa) for da, pa, _, _ in self.mapped])
+            b, _ = classes.ids_of([(db, pb) for _, _, db, pb in self.mapped])
             adj = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(n, n))
             _, label = connected_components(adj, directed=False)
         else:
             label = np.arange(n)
         comp_reason = np.full(label.max() + 1 if n else 0, -1, dtype=np.int64)
         if self.blocked:
-            blocked_ids = [classes.ids(dim, positions) for dim, positions, _ in self.blocked]
-            blocked_comps = label[np.concatenate(blocked_ids)]
-            reasons = np.repeat([r for _, _, r in self.blocked], [len(i) for i in blocked_ids])
+            blocked_ids, lengths = classes.ids_of([(dim, positions) for dim, positions, _ in self.blocked])
+            blocked_comps = label[blocked_ids]
+            reasons = np.repeat([r for _, _, r in self.blocked], lengths)
             comps, first = np.unique(blocked_comps, return_index=True)
             comp_reason[comps] = reasons[first]
         return label, comp_reason
@@ -225,22 +231,28 @@ class ChannelGraphBuilder:
             dims_of_class[c].append(d)
         macs_of_key = {k: sum(node_macs.get(n.name, 0) for n in users) for k, users in self.param_users.items()}
         macs, params, group_size = [0.0] * len(counts), [0.0] * len(counts), counts.tolist()
+        # what a member needs of its dimension, worked out once per dimension rather than per member (this
+        # loop runs per member: tens of thousands on large models): (key, dim, role, parameter numbers or None)
+        dim_info = []
+        for key, dim in self.dim_keys:
+            if key.is_param:
+                # parameters make their channel unless a rule says they only read it (input columns)
+                shape = self.shapes[key]
+                dim_info.append((key, dim, self.roles.get((key, dim), PRODUCER),
+                                 (max(shape[dim], 1), math.prod(shape), macs_of_key.get(key, 0))))
+            else:
+                dim_info.append((key, dim, None, None))
         members_of: Dict[int, List[Member]] = {}
-        roles, dim_keys, shapes = self.roles, self.dim_keys, self.shapes   # locals: this loop runs per member
-        is_param = [k.is_param for k, _ in dim_keys]
         for s, e, g, c in zip(starts.tolist(), ends.tolist(), g_id[starts].tolist(), c_id[starts].tolist()):
             positions, units = p_id[s:e], u_id[s:e]
             members = members_of.setdefault(g, [])
             for d in dims_of_class[c]:
-                key, dim = dim_keys[d]
-                role = None
-                if is_param[d]:
-                    # parameters make their channel unless a rule says they only read it (input columns)
-                    role = roles.get((key, dim), PRODUCER)
-                    shape = shapes[key]
-                    frac = (e - s) / max(shape[dim], 1) / max(group_size[g], 1)
-                    params[g] += math.prod(shape) * frac
-                    macs[g] += macs_of_key.get(key, 0) * frac
+                key, dim, role, numbers = dim_info[d]
+                if numbers is not None:
+                    dim_size, numel, key_macs = numbers
+                    frac = (e - s) / dim_size / max(group_size[g], 1)
+                    params[g] += numel * frac
+                    macs[g] += key_macs * frac
                 members.append(Member(key, dim, positions, units, role))
         return members_of, macs, params
 
@@ -265,6 +277,22 @@ class _Classes:
     def pos_of_id(self) -> np.ndarray:
         return np.arange(self.n_ids) - np.repeat(self.start, self.size)
 
-    def ids(self, dim: int, positions: Optional[np.ndarray]) -> np.ndarray:
-        base = self.start[self.cls[dim]]
-        return base + (np.arange(self.dim_size[dim]) if positions is None else positions)
+    def ids_of(self, pieces: List[Tuple[int, Optional[np.ndarray]]]) -> Tuple[np.ndarray, List[int]]:
+        """The ids of positions `positions` (None: all) of dimension `dim`, for every (dim, positions),
+        concatenated, and the length of each piece. One addition for all pieces: per piece, numpy's call
+        overhead would cost more than the arithmetic (hundreds of pieces of a few dozen positions)."""
+        if not pieces:
+            return np.zeros(0, dtype=np.int64), []
+        dims = np.fromiter((d for d, _ in pieces), dtype=np.int64, count=len(pieces))
+        sizes = self.dim_size[dims].tolist()
+        ranges: Dict[int, np.ndarray] = {}   # np.arange(n), made once per size
+        parts = []
+        for (_, p), n in zip(pieces, sizes):
+            if p is None:
+                p = ranges.get(n)
+                if p is None:
+                    p = ranges[n] = np.arange(n)
+            parts.append(p)
+        lengths = [len(p) for p in parts]
+        base = np.repeat(self.start[self.cls[dims]], lengths)
+        return base + np.concatenate(parts).astype(np.int64, copy=False), lengths

@@ -38,7 +38,14 @@ class RuleCtx:
         self.b, self.node, self.module = b, node, module
         self.keys: Dict[ValueKey, None] = {}  # every vertex this node touches, in order (an ordered set)
         self.local: set = set()          # (key, dim) this rule coupled or blocked
-        self.name = op_name(node, module)
+        self._name: Optional[str] = None
+
+    @property
+    def name(self) -> str:
+        """The op's name for reasons (formatted when a reason needs it: most nodes never do)."""
+        if self._name is None:
+            self._name = op_name(self.node, self.module)
+        return self._name
 
     # ---- lookups ----------------------------------------------------------------------------------
     def _track(self, key):
@@ -54,6 +61,9 @@ class RuleCtx:
         """Item `i` (or the whole) of another node's output, if it is a tracked tensor."""
         if not isinstance(node, fx.Node):
             return None
+        if i is None:   # the builder's own key object: its hash is computed once, not per lookup
+            key = self.b.node_key.get(node)
+            return self._track(key) if key is not None else None
         key = ValueKey.of_node(node.name, i)
         return self._track(key) if key in self.b.base else None
 
@@ -166,9 +176,14 @@ class RuleCtx:
 def build_channel_graph(gm: fx.GraphModule) -> ChannelGraphBuilder:
     """Apply the rules to every node of a shape-annotated graph (see graph.shapes.record_shapes)."""
     b = ChannelGraphBuilder(gm)
+    outputs: Dict[fx.Node, List[ValueKey]] = {}
     for node in gm.graph.nodes:
-        for key, shape in output_keys(node).items():
+        keys = output_keys(node)
+        for key, shape in keys.items():
             b.add_vertex(key, shape)
+            if key.index is None:   # a single-tensor output
+                b.node_key[node] = key
+        outputs[node] = list(keys)
     for node in gm.graph.nodes:
         module = b.modules.get(node.target) if node.op == "call_module" else None
         r = RuleCtx(b, node, module)
@@ -184,7 +199,7 @@ def build_channel_graph(gm: fx.GraphModule) -> ChannelGraphBuilder:
             _get_attr(r)
             continue
         rule = COUPLING.lookup(node, module)
-        outs = list(output_keys(node))
+        outs = outputs[node]
         if rule is PASSIVE:   # metadata reads (x.size(), len(x)...); one that makes a tensor is not understood
             if not outs:
                 continue

@@ -93,6 +93,11 @@ class ChannelGroupsResult:
         groups = [replace(g, prunable=False, reasons=[fixed[g.id]]) if g.id in fixed else g for g in self.groups]
         return replace(self, groups=groups)
 
+    def n_edges(self) -> int:
+        """Distinct couplings between two different dimensions, either way round (each pair as a sorted
+        tuple: a third cheaper than a frozenset of the two)."""
+        return len({(a, b) if a < b else (b, a) for a, b, _ in self.dim_edges if a != b})
+
     def summary(self) -> dict:
         fixed: Dict[str, int] = {}
         for g in self.groups:
@@ -101,7 +106,7 @@ class ChannelGroupsResult:
                     fixed[r] = fixed.get(r, 0) + 1
         return {"groups": len(self.groups), "prunable_groups": len(self.prunable()),
                 "prunable_units": int(sum(g.size for g in self.prunable())),
-                "dims": len(self.dims), "edges": len({frozenset((a, b)) for a, b, _ in self.dim_edges if a != b}),
+                "dims": len(self.dims), "edges": self.n_edges(),
                 "fixed_reasons": dict(sorted(fixed.items(), key=lambda kv: -kv[1])[:8])}
 
 

@@ -118,3 +118,57 @@ def test_conv_shapes_by_arithmetic_match_a_real_run():
     propagate_shapes(real, (x,))
     shape = lambda gm: [tuple(n.meta["tensor_meta"].shape) for n in gm.graph.nodes if n.op != "output"]  # noqa: E731
     assert shape(fast) == shape(real)
+
+
+class _ReadsParameters(nn.Module):
+    """Parameters read on the meta run: a get_attr node (the class token) and a module run for real
+    (attention), between modules whose shapes are computed."""
+
+    def __init__(self):
+        super().__init__()
+        self.token = nn.Parameter(torch.randn(1, 1, 8))
+        self.proj = nn.Linear(8, 8)
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+
+    def forward(self, x):
+        x = torch.cat([self.token.expand(x.shape[0], -1, -1), self.proj(x)], dim=1)
+        return self.attn(x, x, x, need_weights=False)[0]
+
+
+def test_parameters_swapped_only_when_read_and_always_restored():
+    """The swap for meta twins happens at the first node that may read a tensor, and every tensor is back
+    afterwards, on success and on failure."""
+    from fxcompress.graph import shapes
+
+    swapped = []
+    original = shapes._MetaSwap.now
+
+    def spy(self):
+        swapped.append(self.saved is None)
+        original(self)
+
+    for model, x, expect_swap in ((_ReadsParameters(), torch.randn(2, 5, 8), True),
+                                  (torchvision.models.resnet18(weights=None, num_classes=10), torch.randn(1, 3, 32, 32),
+                                   False)):
+        gm = trace(model.eval())
+        tensors = {n: t for n, t in list(gm.named_parameters()) + list(gm.named_buffers())}
+        swapped.clear()
+        shapes._MetaSwap.now = spy
+        try:
+            rec = record_shapes(gm, (x,))
+        finally:
+            shapes._MetaSwap.now = original
+        assert rec.method == "meta" and any(swapped) == expect_swap
+        assert all(t is tensors[n] and t.device.type == "cpu"
+                   for n, t in list(gm.named_parameters()) + list(gm.named_buffers()))
+        real = trace(model.eval())
+        propagate_shapes(real, (x,))
+        assert _shapes(gm) == _shapes(real)
+
+    gm = trace(_ReadsParameters().eval())
+    tensors = dict(gm.named_parameters())
+    try:
+        shapes.run_on_meta(gm, (torch.randn(2, 5, 7),), lambda n, v: None)   # 7 features: proj fails
+    except shapes.MetaRunError:
+        pass
+    assert all(t is tensors[n] for n, t in gm.named_parameters())

@@ -74,3 +74,19 @@ def test_traced_module_is_a_full_graph_module_with_code_generated_on_demand():
     clone.load_state_dict(torch.load(buffer, weights_only=True))
     with torch.no_grad():
         assert torch.equal(gm(x), model(x)) and torch.equal(clone(x), model(x))
+
+
+@pytest.mark.parametrize("name", ["densenet121", "vit_b_16", "mobilenet_v3_small", "googlenet"])
+def test_tracer_shortcuts_give_fx_graph_and_metadata(name):
+    """LeafTracer answers create_arg for plain types itself and copies the module stack and scope more
+    cheaply than fx: the graph, every node's arguments and metadata must be fx's own tracer's."""
+    from fxcompress.graph.tracing import LeafTracer
+
+    model = torchvision.models.get_model(name, weights=None, num_classes=10).eval()
+    ours, theirs = LeafTracer().trace(model), torch.fx.Tracer().trace(model)
+    assert str(ours) == str(theirs)
+    for a, b in zip(ours.nodes, theirs.nodes):
+        assert (a.name, a.op, a.target, repr(a.args), repr(a.kwargs), a.meta) == \
+               (b.name, b.op, b.target, repr(b.args), repr(b.kwargs), b.meta)
+        assert type(a.meta.get("nn_module_stack")) is type(b.meta.get("nn_module_stack"))
+        assert [type(v) for v in a.args] == [type(v) for v in b.args]
