@@ -1,13 +1,20 @@
-"""Zoo sweep: every torchvision classification model, random weights: trace, MagnitudePrune, output shape,
+"""Zoo sweep: every torchvision classification model, random weights: trace, prune, output shape,
 forward + backward, ExportONNX with onnxruntime parity. One row per model, a total, JSON + Markdown.
 
     python benchmarks/zoo_prune.py [--models resnet18 vit_b_16 ...] [--ratio 0.5] [--size 64]
+    python benchmarks/zoo_prune.py --method resrep [--target 0.5] [--steps 24]
+
+--method magnitude (default): MagnitudePrune(ratio). --method resrep: ResRep to --target of the MACs:
+compactors inserted (checked identity), --steps training iterations on random data (batch 2, masking every
+4 steps after the first 4), the remaining channels masked at once to the target, merge (checked exact),
+removal (checked exact); the row fails unless the pruned model is at or under the target.
 """
 from __future__ import annotations
 
 import argparse
 import gc
 import json
+import math
 import os
 import sys
 import tempfile
@@ -20,7 +27,8 @@ import torchvision
 from tqdm import tqdm
 
 import fxcompress
-from fxcompress.passes import ChannelGroups, ExportONNX, MagnitudePrune
+from fxcompress.passes import ChannelGroups, ExportONNX, MagnitudePrune, ResRep
+from fxcompress.passes.resrep import UnreachableTarget
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from provenance import provenance  # noqa: E402  (benchmarks/provenance.py)
 
@@ -49,24 +57,55 @@ def build(name: str, size: int):
     return model, torch.randn(1, 3, size, size)
 
 
-def run_one(name: str, ratio: float, size: int, tmpdir: str) -> dict:
+def random_batches(x: torch.Tensor, classes: int, steps: int, batch: int = 2) -> list:
+    gen = torch.Generator().manual_seed(0)
+    return [(torch.randn(batch, *x.shape[1:], generator=gen), torch.randint(0, classes, (batch,), generator=gen))
+            for _ in range(steps)]
+
+
+def prune_pass(args, x, classes, target=None):
+    if args.method == "magnitude":
+        return MagnitudePrune(args.ratio), {}
+    rr = ResRep(target_macs=target, epochs=1, lr=1e-3, warmup_epochs=0, mask_interval=4, step_channels=4,
+                lasso_strength=1e-4)
+    return rr, {"train_loader": random_batches(x, classes, args.steps)}
+
+
+def run_one(name: str, args, tmpdir: str) -> dict:
     row = {"model": name, "status": "fail", "reason": ""}
     start = time.perf_counter()
     try:
         torch.manual_seed(0)
-        model, x = build(name, size)
+        model, x = build(name, args.size)
         row["input"] = list(x.shape)
         with torch.no_grad():
             expected = model(x)
         path = os.path.join(tmpdir, f"{name}.onnx")
-        result = fxcompress.compile(model, [ChannelGroups(), MagnitudePrune(ratio), ExportONNX(path)], x,
-                                    progress=False)
+        prune_step, loaders = prune_pass(args, x, expected.shape[-1], args.target)
+        try:
+            result = fxcompress.compile(model, [ChannelGroups(), prune_step, ExportONNX(path)], x, progress=False,
+                                        **loaders)
+        except UnreachableTarget as e:
+            # the fixed groups (e.g. a LayerNorm'd residual stream) keep more than --target: aim halfway
+            # between what can be reached and the whole model, and say so in the row
+            row["target_note"] = f"--target {args.target} unreachable (floor {e.reachable:.3f})"
+            prune_step, loaders = prune_pass(args, x, expected.shape[-1], math.ceil(50 * (1 + e.reachable)) / 100)
+            result = fxcompress.compile(model, [ChannelGroups(), prune_step, ExportONNX(path)], x, progress=False,
+                                        **loaders)
         groups, prune_rec, export_rec = result.report.records
         row.update(params_before=prune_rec.params_before, params_after=prune_rec.params_after,
                    macs_before=prune_rec.macs_before, macs_after=prune_rec.macs_after,
                    groups=groups.metrics.get("groups"), prunable_groups=groups.metrics.get("prunable_groups"),
-                   exact_rel_err=prune_rec.metrics.get("max_rel_error"),
+                   exact_rel_err=prune_rec.metrics.get("max_rel_error", prune_rec.metrics.get("removal_max_rel_error")),
                    onnx_rel_err=export_rec.metrics.get("max_rel_error"))
+        if args.method == "resrep":
+            m = prune_rec.metrics
+            row.update(target=prune_step.target_macs, compactors=m["compactors"], final_step_channels=m["final_step_channels"],
+                       merge_rel_err=m["merge_max_rel_error"], insertion_rel_err=m["insertion_max_rel_error"],
+                       skipped_groups=len(m["skipped_groups"]))
+            if prune_rec.macs_after > prune_step.target_macs * prune_rec.macs_before:
+                raise RuntimeError(f"MACs {prune_rec.macs_after} above the target {prune_step.target_macs} x "
+                                   f"{prune_rec.macs_before}")
         pruned = result.model
         out = pruned(x)
         if tuple(out.shape) != tuple(expected.shape):
@@ -105,7 +144,10 @@ def table(rows) -> str:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="*", help="default: every torchvision classification model")
-    p.add_argument("--ratio", type=float, default=0.5)
+    p.add_argument("--method", choices=("magnitude", "resrep"), default="magnitude")
+    p.add_argument("--ratio", type=float, default=0.5, help="magnitude: fraction of each group's channels to remove")
+    p.add_argument("--target", type=float, default=0.5, help="resrep: fraction of the MACs to keep")
+    p.add_argument("--steps", type=int, default=24, help="resrep: training iterations on random data")
     p.add_argument("--size", type=int, default=64, help="input side where the model allows it")
     p.add_argument("--out", default=os.path.join(RESULTS, "zoo_prune"))
     p.add_argument("--shard", default="0/1", help="i/n: run every n-th model starting at i (parallel workers)")
@@ -136,7 +178,7 @@ def main(argv=None):
         bar = tqdm([n for n in names if n not in done], desc="zoo", unit="model")
         for name in bar:
             bar.set_postfix_str(name)
-            rows.append(run_one(name, args.ratio, args.size, tmpdir))
+            rows.append(run_one(name, args, tmpdir))
             if rows[-1]["status"] != "ok":
                 tqdm.write(f"{name}: {rows[-1]['reason']}")
             os.makedirs(os.path.dirname(partial), exist_ok=True)
@@ -151,7 +193,9 @@ def write(rows, args) -> int:
     text = table(rows)
     print(text)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    payload = {"torch": torch.__version__, "torchvision": torchvision.__version__, "ratio": args.ratio,
+    payload = {"torch": torch.__version__, "torchvision": torchvision.__version__, "method": args.method,
+               "ratio": args.ratio if args.method == "magnitude" else None,
+               "target": args.target if args.method == "resrep" else None,
                "size": args.size, "passed": sum(r["status"] == "ok" for r in rows), "total": len(rows), "rows": rows,
                "provenance": provenance(ort_threads=None)}   # onnxruntime only checks parity here, untimed
     with open(args.out + ".json", "w") as f:

@@ -7,7 +7,9 @@ from .fold_batchnorm import FoldBatchNorm
 from .magnitude_prune import MagnitudePrune
 from .prune_channels import PruneChannels
 from .quantize_int8 import QuantizeINT8
+from .resrep import ResRep
 from .shapes import ShapeAnalysis
 
 __all__ = ["ChannelGroups", "CountFlops", "ExportONNX", "FineTune", "FoldBatchNorm", "MagnitudePrune",
-           "PruneChannels", "QuantizeINT8", "ShapeAnalysis"]
+           "PruneChannels", "QuantizeINT8", "ResRep",
+           "ShapeAnalysis"]

@@ -8,7 +8,8 @@ from fxcompress.prune.apply import prune
 from fxcompress.core.errors import PassError, VerificationError
 from fxcompress.core.pass_base import TransformPass
 from fxcompress.graph.macs import count_macs
-from fxcompress.prune.plan import PlanMacs, magnitude_scores, plan_from_scores, refine_to_target, search_ratio
+from fxcompress.prune.plan import (PlanMacs, magnitude_scores, plan_from_scores, refine_to_target, search_ratio,
+                                   select_groups)
 
 from .channel_groups import ChannelGroups
 
@@ -54,17 +55,6 @@ class MagnitudePrune(TransformPass):
         self.global_ranking, self.ignore, self.target_macs = global_ranking, tuple(ignore), target_macs
         self.refine, self.min_channels = refine, min_channels
 
-    def _groups(self, ctx, result):
-        modules = dict(ctx.gm.named_modules())
-        unknown = [n for n in self.ignore if n not in modules]
-        if unknown:
-            raise PassError(f"MagnitudePrune option ignore names unknown module(s) {unknown}; use the model's "
-                            f"module names, e.g. {[n for n in list(modules)[1:4]]}")
-
-        def ignored(group):
-            return any(m.name == n or m.name.startswith(n + ".") for m in group.param_members() for n in self.ignore)
-        return [g for g in result.prunable() if not ignored(g)]
-
     def _unreachable(self, result, groups, macs: int, total: int) -> PassError:
         fixed = [g for g in result.groups if not g.prunable]
         reasons = result.summary()["fixed_reasons"]
@@ -81,7 +71,7 @@ class MagnitudePrune(TransformPass):
 
     def run(self, ctx) -> dict:
         result = ctx.get(ChannelGroups)
-        groups = self._groups(ctx, result)
+        groups = select_groups(ctx.gm, result, self.ignore, "MagnitudePrune")
         scores = magnitude_scores(ctx.gm, result, groups, self.norm)
 
         def make_plan(ratio):

@@ -13,10 +13,26 @@ import numpy as np
 import torch
 import torch.fx as fx
 
+from ..core.errors import PassError
 from ..graph.macs import node_macs
 from ..graph.tracing import node_shape
 from .groups import ChannelGroup, ChannelGroupsResult
 from .state import PruneState, keep_masks, normalize_plan, tensor_names
+
+
+def select_groups(gm: fx.GraphModule, result: ChannelGroupsResult, ignore: Iterable[str],
+                  owner: str) -> List[ChannelGroup]:
+    """The prunable groups that touch no module named in `ignore` (or inside one); `owner` names the pass
+    in the error an unknown module name raises."""
+    modules = dict(gm.named_modules())
+    unknown = [n for n in ignore if n not in modules]
+    if unknown:
+        raise PassError(f"{owner} option ignore names unknown module(s) {unknown}; use the model's "
+                        f"module names, e.g. {[n for n in list(modules)[1:4]]}")
+
+    def ignored(group):
+        return any(m.name == n or m.name.startswith(n + ".") for m in group.param_members() for n in ignore)
+    return [g for g in result.prunable() if not ignored(g)]
 
 
 def magnitude_scores(gm: fx.GraphModule, result: ChannelGroupsResult, groups: Iterable[ChannelGroup],

@@ -54,6 +54,14 @@ class TrainHook:
     def extra_loss(self, model: nn.Module, inputs, outputs, targets) -> Optional[torch.Tensor]:
         return None
 
+    def optimizer_groups(self, model: nn.Module) -> List[dict]:
+        """Parameter groups with their own optimizer options (e.g. {"params": [...], "weight_decay": 0.0});
+        every other trainable parameter trains with the config's options."""
+        return []
+
+    def on_train_begin(self, model: nn.Module, steps_per_epoch: int) -> None:
+        pass
+
     def after_backward(self, model: nn.Module) -> None:
         pass
 
@@ -126,6 +134,22 @@ def evaluate(model: nn.Module, loader: Iterable, device="cpu", loss_fn: Callable
     return {"top1": correct / total, "loss": loss_sum / total, "samples": total}
 
 
+def _optimizer(model: nn.Module, config: TrainConfig, hooks: Sequence[TrainHook]) -> torch.optim.SGD:
+    """SGD over the trainable parameters; those a hook claims train with the hook's options."""
+    claimed, groups = set(), []
+    for hook in hooks:
+        for group in hook.optimizer_groups(model):
+            params = [p for p in group["params"] if p.requires_grad and id(p) not in claimed]
+            claimed.update(id(p) for p in params)
+            if params:
+                groups.append({**group, "params": params})
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in claimed]
+    if not rest and not groups:
+        raise PassError("fit: the model has no trainable parameters")
+    return torch.optim.SGD(([{"params": rest}] if rest else []) + groups, lr=config.lr, momentum=config.momentum,
+                           weight_decay=config.weight_decay, nesterov=config.nesterov and config.momentum > 0)
+
+
 def fit(model: nn.Module, train_loader: Iterable, config: TrainConfig, val_loader: Optional[Iterable] = None,
         loss_fn: Optional[Callable] = None, hooks: Sequence[TrainHook] = (), device="cpu",
         desc: str = "train") -> List[dict]:
@@ -137,11 +161,7 @@ def fit(model: nn.Module, train_loader: Iterable, config: TrainConfig, val_loade
     model.to(device)
     if hasattr(train_loader, "shard") and dinfo.world_size > 1:
         train_loader.shard(dinfo.rank, dinfo.world_size)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    if not trainable:
-        raise PassError("fit: the model has no trainable parameters")
-    optimizer = torch.optim.SGD(trainable, lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay, nesterov=config.nesterov and config.momentum > 0)
+    optimizer = _optimizer(model, config, hooks)
     net = nn.parallel.DistributedDataParallel(model) if dinfo.world_size > 1 else model
 
     steps_per_epoch = len(train_loader)
@@ -150,6 +170,8 @@ def fit(model: nn.Module, train_loader: Iterable, config: TrainConfig, val_loade
     if steps_per_epoch == 0:
         raise DataError("train_loader is empty")
     total_steps = steps_per_epoch * config.epochs
+    for hook in hooks:
+        hook.on_train_begin(model, steps_per_epoch)
 
     history: List[dict] = []
     start_epoch = 0
@@ -211,4 +233,9 @@ def fit(model: nn.Module, train_loader: Iterable, config: TrainConfig, val_loade
             save_checkpoint({"epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                              "rng": torch.get_rng_state(), "history": history,
                              "hooks": [h.state_dict() for h in hooks], "config": asdict(config)}, ckpt)
+    if dinfo.world_size > 1:
+        # DDP keeps parameters equal; buffers (BatchNorm statistics) follow each rank's last batch: every
+        # rank leaves with rank 0's, the model rank 0 checkpointed
+        for buffer in model.buffers():
+            dist.broadcast(buffer, 0)
     return history

@@ -1,0 +1,102 @@
+"""Masks are shared by all compactors of a group, and masking stops at the MACs target, never going below
+min_channels and keeping widths at multiples of round_to."""
+import numpy as np
+import pytest
+import torch
+
+from fxcompress.graph.macs import count_macs
+from fxcompress.prune.plan import PlanMacs
+from fxcompress.prune.resrep import ChannelMasks, find_sites, insert_compactors
+from resrep_models import ResNetDigits, analysed
+
+
+def setup(min_channels=1, round_to=1, model=None):
+    gm, result = analysed(model or ResNetDigits())
+    placement = find_sites(gm, result, [g.id for g in result.prunable()])
+    compacted = insert_compactors(gm, placement.sites)
+    compactors = {s.compactor: compacted.get_submodule(s.compactor) for s in placement.sites}
+    masks = ChannelMasks(result, placement, compactors, min_channels, round_to)
+    return gm, result, placement, compactors, masks, PlanMacs(gm, result)
+
+
+def residual_group(result, masks):
+    return max(masks.groups, key=lambda g: len(masks.rows[g]))
+
+
+def test_a_residual_unit_masks_the_rows_of_every_producer():
+    gm, result, placement, compactors, masks, _ = setup()
+    gid = residual_group(result, masks)
+    assert len(masks.rows[gid]) == 3   # stem, block 0 and block 1 outputs
+    masks.masked[gid][5] = True
+    rows = masks.row_masks()
+    for name, pos, units in masks.rows[gid]:
+        assert rows[name][pos[units == 5]].tolist() == [0.0]
+    assert sum(int((r == 0).sum()) for r in rows.values()) == 3
+
+
+def test_scores_sum_the_row_norms_of_a_groups_producers():
+    gm, result, placement, compactors, masks, _ = setup()
+    with torch.no_grad():
+        for i, q in enumerate(compactors.values()):
+            q.weight.mul_(i + 1)
+    scores = masks.scores()
+    gid = residual_group(result, masks)
+    expected = sum(float(compactors[name].row_norms()[pos[units == 0]]) for name, pos, units in masks.rows[gid])
+    assert scores[gid][0] == pytest.approx(expected)
+
+
+def test_masking_ranks_channels_globally_by_norm():
+    gm, result, placement, compactors, masks, macs_of = setup()
+    inner = [g for g in masks.groups if len(masks.rows[g]) == 1]
+    name = masks.rows[inner[0]][0][0]
+    with torch.no_grad():
+        compactors[name].weight[[3, 7]] *= 0.01     # two weak channels in one inner group
+    done = masks.mask_more(macs_of, target=0, limit=2)
+    assert done["masked"] == 2 and np.nonzero(masks.masked[inner[0]])[0].tolist() == [3, 7]
+
+
+@pytest.mark.parametrize("min_channels,round_to", [(1, 1), (4, 1), (1, 4), (6, 4)])
+def test_masking_stops_at_the_target_and_respects_floors(min_channels, round_to):
+    gm, result, placement, compactors, masks, macs_of = setup(min_channels, round_to)
+    total = count_macs(gm).macs
+    with torch.no_grad():   # distinct norms, so the ranking is not decided by ties
+        for q in compactors.values():
+            q.weight.mul_(torch.rand(q.weight.shape[0], 1, 1, 1) + 0.5)
+    target = int(0.5 * total)
+    steps = 0
+    while masks.mask_more(macs_of, target, limit=4)["masked"]:
+        steps += 1
+        assert steps < 200
+    macs = macs_of(masks.plan())
+    assert macs <= target
+    for gid, (size, kept) in masks.widths().items():
+        assert kept >= min(size, min_channels)
+        assert kept == size or kept % round_to == 0
+    assert masks.mask_more(macs_of, target, limit=4)["masked"] == 0
+
+
+def test_step_limit_masks_a_few_channels_at_a_time():
+    gm, result, placement, compactors, masks, macs_of = setup()
+    done = masks.mask_more(macs_of, target=0, limit=4)
+    assert done["masked"] == 4 and masks.masked_count() == 4
+    assert done["macs"] == macs_of(masks.plan())
+
+
+def test_the_final_step_masks_everything_needed_at_once():
+    gm, result, placement, compactors, masks, macs_of = setup()
+    target = int(0.4 * count_macs(gm).macs)
+    done = masks.mask_more(macs_of, target, limit=None)
+    assert done["macs"] <= target
+    assert done["masked"] == masks.masked_count() > 4
+    # and no more than needed: the same ranking stopped one channel earlier is above the target
+    _, _, _, _, fewer, _ = setup()
+    assert fewer.mask_more(macs_of, 0, limit=done["masked"] - 1)["macs"] > target
+
+
+def test_masks_round_trip_through_a_weights_only_checkpoint(tmp_path):
+    gm, result, placement, compactors, masks, macs_of = setup()
+    masks.mask_more(macs_of, target=0, limit=5)
+    torch.save(masks.state_dict(), tmp_path / "m.pt")
+    _, _, _, _, other, _ = setup()
+    other.load_state_dict(torch.load(tmp_path / "m.pt", weights_only=True))
+    assert all((other.masked[g] == masks.masked[g]).all() for g in masks.groups)
