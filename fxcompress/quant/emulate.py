@@ -9,6 +9,17 @@ emulated, ORT's INT8 output matches the fake-quant model to ~100 dB; without, de
   from the int32 bias rounding alone);
 - QLinearAdd: MLAS computes rne(fma(a, s_a/s_c, fma(b, s_b/s_c, zp_c - (s_a/s_c zp_a + s_b/s_c zp_b))))
   on the uint8 codes (fused multiply-adds in float32), not (a_f + b_f) / s_c.
+Ops kept in float between quantizers must match onnxruntime's float kernels bit for bit as well: a value
+one ulp away rounds to another code whenever it lies on a rounding boundary, and a deep random-init net
+amplifies a single flipped code into noise of the order of quantization's own. onnxruntime's Sigmoid
+(and SiLU, exported as x * Sigmoid(x)) is MLAS's rational approximation, not torch.sigmoid: they differ
+by one ulp on about half of the values, which flipped 1 code in 245760 at efficientnet_b7's 14th squeeze-excitation
+gate and brought onnxruntime vs fake-quant down to 16.5 dB (quantization: 6.7 dB). `mlas_logistic`
+computes the approximation as the kernel onnxruntime dispatches to on this CPU does (which one: probed
+once per process, `ort_logistic_variant`); without a bit-exact match torch's own sigmoid is kept. And the
+QuantizeLinear that follows a float op rounds x / s (MLAS divides), where torch.fake_quantize_* rounds
+x * (1 / s): ~2e-6 of the codes of a float tensor differ (ActivationQuantizer.divide).
+
 Each emulated op gets an `IntegerEmulation` node after it that replaces its float result by the emulated
 one; in training (QAT) and while exporting to ONNX it returns its input unchanged, so gradients and the
 written QDQ graph are those of plain fake quantization.
@@ -16,7 +27,8 @@ written QDQ graph are those of plain fake quantization.
 from __future__ import annotations
 
 import contextlib
-from typing import Dict, Optional
+import functools
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.fx as fx
@@ -25,15 +37,11 @@ import torch.nn.functional as F
 
 from ..ops.elementwise import ADD
 from ..ops.pooling import AVERAGE_POOL
-from .fake_quant import WEIGHT_QMAX, WEIGHT_QMIN, ActivationQuantizer, WeightQuantizer
+from .fake_quant import WEIGHT_QMAX, WEIGHT_QMIN, ActivationQuantizer, WeightQuantizer, exporting
 from .insert import rule_for
 from .observers import QMAX, QMIN
 
 FLOAT32_EXACT = 2 ** 24   # integer sums below this are exact in float32 whatever the summation order
-
-
-def _exporting() -> bool:
-    return torch.onnx.is_in_onnx_export() or torch.jit.is_tracing() or torch.jit.is_scripting()
 
 
 def _codes(x: torch.Tensor, q: ActivationQuantizer) -> torch.Tensor:
@@ -46,20 +54,24 @@ class IntegerEmulation(nn.Module):
     dequantized (the next quantizer then reproduces its codes exactly). The quantizers and the layer are
     referenced, not owned (no parameters or buffers of its own: state_dict and ONNX are unchanged)."""
 
-    def __init__(self, kind: str, inputs, output: ActivationQuantizer, layer: Optional[nn.Module] = None):
+    def __init__(self, kind: str, inputs, output: Optional[ActivationQuantizer], layer: Optional[nn.Module] = None,
+                 variant: Optional[Tuple[bool, bool]] = None):
         super().__init__()
-        object.__setattr__(self, "refs", {"inputs": list(inputs), "output": output, "layer": layer})
+        object.__setattr__(self, "refs", {"inputs": list(inputs), "output": output, "layer": layer,
+                                          "variant": variant})
         self.kind = kind
         self.enabled = True   # off in float_mode()
 
     def forward(self, result: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
-        if self.training or not self.enabled or _exporting():
+        if self.training or not self.enabled or exporting():
             return result
         with torch.no_grad():
             if self.kind == "add":
                 out = self._add(*inputs)
             elif self.kind == "global_average_pool":
                 out = self._global_average_pool(inputs[0])
+            elif self.kind in ("sigmoid", "silu"):
+                out = self._logistic(inputs[0])
             else:
                 out = self._weighted(inputs[0])
         return out.to(result.dtype)
@@ -109,6 +121,19 @@ class IntegerEmulation(nn.Module):
         return self._requantized(value, zp_added=True)
 
 
+    def _logistic(self, x: torch.Tensor) -> torch.Tensor:
+        """onnxruntime's float Sigmoid (or x * Sigmoid(x)). On a fake-quantized input it is computed once per
+        code (the dequantized values (code - zp) * scale are the 256 values the input can take) and looked up."""
+        def f(v):
+            y = mlas_logistic(v, *self.refs["variant"])
+            return v * y if self.kind == "silu" else y     # SiLU runs as Mul(x, Sigmoid(x)): one float32 product
+        if not self.refs["inputs"]:
+            return f(x.float())
+        q = self.refs["inputs"][0]
+        zp = int(q.zero_point)
+        table = f((torch.arange(QMIN, QMAX + 1, dtype=torch.float32, device=x.device) - zp) * q.scale.float())
+        return table[(_codes(x, q) + zp).clamp(QMIN, QMAX).long() - QMIN]
+
     def _global_average_pool(self, x: torch.Tensor) -> torch.Tensor:
         """QLinearGlobalAveragePool (MLAS): the integer sum of the codes minus zp_x * N, requantized with
         fl32(s_x / fl32(s_y * N)), rounded half to even."""
@@ -121,6 +146,118 @@ class IntegerEmulation(nn.Module):
         acc = codes.sum(dim=spatial, keepdim=True) - float(qx.zero_point) * n     # exact: integers < 2^53
         scale = (qx.scale.float() / (qy.scale.float() * torch.tensor(float(n), dtype=torch.float32))).float()
         return self._requantized(acc.float() * scale)
+
+
+# MLAS's logistic (onnxruntime/core/mlas/lib/logistic.cpp, Eigen's coefficients): clamp x to [-18, 18],
+# p = x * poly_9(x^2), q = poly_10(x^2), sigmoid = p / q + 0.5, in float32 (Horner steps as multiply-adds)
+_LOGISTIC = {"range": 18.0, "alpha": (4.37031012579801e-11, 1.15627324459942e-07, 6.08574864600143e-05,
+                                      8.51377133304701e-03, 2.48287947061529e-01),
+             "beta": (6.10247389755681e-13, 5.76102136993427e-09, 6.29106785017040e-06, 1.70198817374094e-03,
+                      1.16817656904453e-01, 9.93151921023180e-01)}
+# (fused multiply-adds, upper clamp to 1) of the kernels MLAS dispatches to: AVX2/FMA3 assembly (x86-64 today)
+# = (True, False); ARM NEON = (True, True); SSE2 = (False, True); SVE = (True, False)
+LOGISTIC_VARIANTS = ((True, False), (True, True), (False, True), (False, False))
+
+
+_F32_ROUNDING_BITS = (1 << 29) - 1   # the float64 mantissa bits below a (normal) float32's
+_F32_MIDPOINT = 1 << 28
+
+
+def fma32(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """float32 fused multiply-add a * b + c, rounded once, for results in float32's normal range. The
+    float64 product of two float32 is exact, and rounding the float64 sum to float32 is then correct unless
+    that sum fell on a float32 midpoint while inexact (double rounding): rare, and settled by the sum's
+    rounding error (TwoSum) for those elements only."""
+    p = a.double() * b.double()
+    c = c.double()
+    s = p + c
+    out = s.float()
+    tie = (s.view(torch.int64) & _F32_ROUNDING_BITS) == _F32_MIDPOINT
+    if bool(tie.any()):
+        pt, ct = torch.broadcast_to(p, s.shape)[tie], torch.broadcast_to(c, s.shape)[tie]
+        st = s[tie]
+        v = st - pt
+        err = (pt - (st - v)) + (ct - v)
+        nudged = torch.nextafter(st, torch.where(err > 0, torch.tensor(float("inf"), dtype=torch.float64),
+                                                 torch.tensor(float("-inf"), dtype=torch.float64)))
+        out[tie] = torch.where(err != 0, nudged, st).float()
+    return out
+
+
+def mlas_logistic(x: torch.Tensor, fused: bool = True, clamp_high: bool = False) -> torch.Tensor:
+    """onnxruntime's float Sigmoid, bit for bit (for the variant onnxruntime runs: `ort_logistic_variant`)."""
+    def const(v):
+        return torch.tensor(v, dtype=torch.float32)
+    def madd(a, b, c):
+        return fma32(a, b, c) if fused else a * b + c
+    bound = _LOGISTIC["range"]
+    v = torch.clamp(x.float(), -bound, bound)
+    v2 = v * v
+    alpha, beta = [const(a) for a in _LOGISTIC["alpha"]], [const(b) for b in _LOGISTIC["beta"]]
+    p = madd(v2, alpha[0], alpha[1])
+    for a in alpha[2:]:
+        p = madd(p, v2, a)
+    p = p * v
+    q = madd(v2, beta[0], beta[1])
+    for b in beta[2:]:
+        q = madd(q, v2, b)
+    out = (p / q + 0.5).clamp(min=0.0)
+    return out.clamp(max=1.0) if clamp_high else out
+
+
+def _logistic_probe() -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    return torch.cat([torch.linspace(-20.0, 20.0, 40001), torch.randn(40000, generator=g) * 6.0,
+                      torch.randn(10000, generator=g) * 1e-3, 18.0 - torch.rand(10000, generator=g) * 4.0])
+
+
+@functools.lru_cache(maxsize=None)
+def ort_logistic_variant() -> Optional[Tuple[bool, bool]]:
+    """The `mlas_logistic` variant that reproduces this onnxruntime's Sigmoid and x * Sigmoid(x) (as written for
+    SiLU, after its graph optimizations) on probe values, bit for bit; None if none does (or no onnxruntime)."""
+    try:
+        import onnx
+        import onnxruntime as ort
+        from onnx import TensorProto, helper
+    except ImportError:   # pragma: no cover - onnxruntime is a dependency of the INT8 export
+        return None
+    nodes = [helper.make_node("Sigmoid", ["x"], ["sig"]), helper.make_node("Mul", ["x", "sig"], ["silu"])]
+    graph = helper.make_graph(nodes, "logistic_probe", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None])],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, [None]) for n in ("sig", "silu")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = min(model.ir_version, 8)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        x = _logistic_probe()
+        sig, silu = (torch.from_numpy(a) for a in session.run(None, {"x": x.numpy()}))
+    except Exception:   # noqa: BLE001 - no probe, no emulation: torch's sigmoid stays
+        return None
+    for variant in LOGISTIC_VARIANTS:
+        ours = mlas_logistic(x, *variant)
+        if torch.equal(ours, sig) and torch.equal(x * ours, silu):
+            return variant
+    return None
+
+
+def _logistic_kind(node: fx.Node, modules) -> Optional[str]:
+    """"sigmoid" or "silu" for a node computing one (not in place on a tensor others read), else None."""
+    if node.op == "call_module":
+        m = modules.get(node.target)
+        if isinstance(m, nn.Sigmoid):
+            return "sigmoid"
+        if isinstance(m, nn.SiLU):
+            return "silu"
+        return None
+    if node.op == "call_function" and node.target in (torch.sigmoid, F.sigmoid):
+        return "sigmoid"
+    if node.op == "call_function" and node.target is F.silu:
+        return "silu"
+    if node.op == "call_method" and node.target == "sigmoid":
+        return "sigmoid"
+    return None
 
 
 def _global_pool(node: fx.Node) -> bool:
@@ -156,10 +293,31 @@ def _output_quantizer(node: fx.Node, modules) -> Optional[ActivationQuantizer]:
 
 def install_integer_emulation(gm: fx.GraphModule, weighted: Dict[str, nn.Module]) -> dict:
     """Insert IntegerEmulation nodes after the quantized convs/linears with a quantized output, after the
-    adds of two quantized tensors and after global average pools. Returns counts."""
+    adds of two quantized tensors, after global average pools, and after sigmoids and SiLUs (onnxruntime's
+    float kernel, when `ort_logistic_variant` found it); every activation quantizer rounds as QuantizeLinear
+    does (ActivationQuantizer.divide). Returns counts."""
     modules = dict(gm.named_modules())
-    counts = {"emulated_layers": 0, "emulated_adds": 0, "emulated_pools": 0}
+    counts = {"emulated_layers": 0, "emulated_adds": 0, "emulated_pools": 0, "emulated_sigmoids": 0}
+    for m in modules.values():
+        if isinstance(m, ActivationQuantizer):
+            m.divide = True
+    variant = None
     for node in list(gm.graph.nodes):
+        logistic = _logistic_kind(node, modules)
+        if logistic is not None and node.args and isinstance(node.args[0], fx.Node):
+            variant = variant or ort_logistic_variant()
+            if variant is None:
+                continue
+            m = modules.get(node.target) if node.op == "call_module" else None
+            if getattr(m, "inplace", False):
+                m.inplace = False      # the emulation reads the input after the op ran
+            if node.kwargs.get("inplace"):
+                node.kwargs = {**node.kwargs, "inplace": False}
+            qx = _quantizer_of(node.args[0], modules)
+            _insert(gm, node, IntegerEmulation(logistic, [qx] if qx is not None else [], None, variant=variant),
+                    (node.args[0],))
+            counts["emulated_sigmoids"] += 1
+            continue
         kind = inputs = layer = None
         if node.op == "call_module" and node.target in weighted and node.args:
             qx = _quantizer_of(node.args[0], modules)
@@ -180,15 +338,20 @@ def install_integer_emulation(gm: fx.GraphModule, weighted: Dict[str, nn.Module]
         qy = _output_quantizer(node, modules)
         if qy is None:
             continue
-        name = f"int_emulation_{node.name}"
-        gm.add_submodule(name, IntegerEmulation(kind, inputs, qy, layer))
-        with gm.graph.inserting_after(node):
-            emu = gm.graph.call_module(name, (node,) + args)
-        node.replace_all_uses_with(emu, delete_user_cb=lambda u, e=emu: u is not e)
-        emu.meta["tensor_meta"] = node.meta.get("tensor_meta")
+        _insert(gm, node, IntegerEmulation(kind, inputs, qy, layer), args)
         counts[{"weighted": "emulated_layers", "add": "emulated_adds"}.get(kind, "emulated_pools")] += 1
     gm.recompile()
     return counts
+
+
+def _insert(gm: fx.GraphModule, node: fx.Node, emulation: IntegerEmulation, args: tuple) -> None:
+    """`emulation(node, *args)` after `node`, in place of it for every other user."""
+    name = f"int_emulation_{node.name}"
+    gm.add_submodule(name, emulation)
+    with gm.graph.inserting_after(node):
+        emu = gm.graph.call_module(name, (node,) + args)
+    node.replace_all_uses_with(emu, delete_user_cb=lambda u, e=emu: u is not e)
+    emu.meta["tensor_meta"] = node.meta.get("tensor_meta")
 
 
 @contextlib.contextmanager

@@ -13,10 +13,20 @@ WEIGHT_QMIN, WEIGHT_QMAX = -128, 127   # symmetric scales (max|w| / 127) never r
 MIN_SCALE = 1e-12
 
 
+def exporting() -> bool:
+    """Whether the module runs under torch.onnx / jit tracing (the emulation of onnxruntime steps aside)."""
+    return torch.onnx.is_in_onnx_export() or torch.jit.is_tracing() or torch.jit.is_scripting()
+
+
 class ActivationQuantizer(nn.Module):
     """Per-tensor uint8 fake quantization of an activation. Modes: "observe" (collect statistics,
     pass x through) and "quantize". A second call site may reuse the parameters with observe=False
-    (ops such as max-pool that keep their input's quantization)."""
+    (ops such as max-pool that keep their input's quantization).
+    With `divide` (set by quant.emulate.install_integer_emulation) an eval-mode forward rounds x / scale
+    as onnxruntime's QuantizeLinear does, not x * (1 / scale) as torch.fake_quantize_* does: on a float
+    tensor (the model's input, the output of a float Sigmoid or Mul) they differ on ~2e-6 of the codes."""
+
+    divide = False
 
     def __init__(self, config: CalibrationConfig, upper_bound=None, label: str = ""):
         super().__init__()
@@ -34,6 +44,9 @@ class ActivationQuantizer(nn.Module):
             if observe:
                 self.observer.update(x, self.label)
             return x
+        if self.divide and not self.training and not exporting():
+            scale, zp = self.scale.to(x.dtype), self.zero_point.to(x.dtype)
+            return (torch.clamp(torch.round(x / scale) + zp, QMIN, QMAX) - zp) * scale
         return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point, QMIN, QMAX)
 
     def freeze(self) -> None:
