@@ -67,3 +67,23 @@ def test_a_non_identity_compactor_changes_the_output():
     with torch.no_grad():
         compacted.get_submodule(placement.sites[0].compactor).weight.mul_(0.5)
     assert not torch.allclose(run_eval(gm, (X,)), run_eval(compacted, (X,)))
+
+
+def test_compactors_are_modules_the_analyses_and_the_exporter_understand(tmp_path):
+    import fxcompress
+    from fxcompress.passes import ChannelGroups, CountFlops, ExportONNX
+    gm, result, placement, _ = sites_by_attach(randomize_bn(ResNetDigits()))
+    compacted = insert_compactors(gm, placement.sites)
+    out = fxcompress.compile(compacted, [ChannelGroups(), CountFlops(), ExportONNX(str(tmp_path / "c.onnx"))], X,
+                             progress=False)
+    groups, flops, export = out.report.records
+    # each compactor is a 1x1 conv: C*C MACs per pixel on top of the model's
+    extra = sum(s.channels ** 2 * 64 * X.shape[0] for s in placement.sites)   # (MACs of the whole batch)
+    assert flops.macs_after == flops.macs_before and flops.macs_after - count_macs_of(gm) == extra
+    assert groups.metrics["prunable_groups"] > len(placement.eligible)   # compactor inputs are groups too
+    assert export.metrics["max_rel_error"] < 1e-4
+
+
+def count_macs_of(gm):
+    from fxcompress.graph.macs import count_macs
+    return count_macs(gm).macs
