@@ -90,3 +90,61 @@ def test_tracer_shortcuts_give_fx_graph_and_metadata(name):
                (b.name, b.op, b.target, repr(b.args), repr(b.kwargs), b.meta)
         assert type(a.meta.get("nn_module_stack")) is type(b.meta.get("nn_module_stack"))
         assert [type(v) for v in a.args] == [type(v) for v in b.args]
+
+
+class _Odd(nn.Module):
+    """Paths the fast module copy leaves to torch: parameters and buffers read by get_attr (one of them
+    non-persistent), a container with its own __getattr__, a leaf module also reached below (its child
+    called directly), and a module called twice."""
+
+    class Lookup(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = nn.Conv2d(4, 4, 1)
+
+        def __getattr__(self, name):
+            return super().__getattr__(name)
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU())
+        self.lookup = _Odd.Lookup()
+        self.block = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4))
+        self.scale = nn.Parameter(torch.ones(1, 4, 1, 1))
+        self.register_buffer("shift", torch.zeros(1, 4, 1, 1), persistent=False)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = self.lookup.inner(x) * self.scale + self.shift
+        return self.block(x) + self.block[0](x) + self.stem[1](x)
+
+
+@pytest.mark.parametrize("name", ["densenet121", "googlenet", "vit_b_16", "maxvit_t", "odd"])
+def test_fast_module_install_builds_what_graph_module_builds(name):
+    """trace() installs the graph's modules itself (fast path for plain submodule paths): the module tree,
+    every parameter and buffer (shared, with their persistence), the tracer class and the code must be those
+    of torch's GraphModule(root, graph)."""
+    from fxcompress.graph.tracing import LeafTracer
+
+    model = _Odd().eval() if name == "odd" else \
+        torchvision.models.get_model(name, weights=None, num_classes=10).eval()
+    leaf = ["block"] if name == "odd" else []
+    ours = trace(model, leaf)
+    tracer = LeafTracer(leaf)
+    theirs = torch.fx.GraphModule(model, tracer.trace(model), type(model).__name__)
+
+    def tree(gm):
+        return [(n, type(m).__name__, m.training, sorted(m._non_persistent_buffers_set),
+                 id(m) if n and type(m) is not nn.Module else None) for n, m in gm.named_modules(remove_duplicate=False)]
+
+    assert tree(ours) == tree(theirs)
+    def same(n, a, b):   # the model's tensors are shared; constants made while tracing are made per trace
+        return a is b or n.rpartition(".")[2].startswith("_tensor_constant") and torch.equal(a, b)
+
+    for named in ("named_parameters", "named_buffers"):
+        a, b = getattr(ours, named)(remove_duplicate=False), getattr(theirs, named)(remove_duplicate=False)
+        assert all(na == nb and same(na, x, y) for (na, x), (nb, y) in zip(a, b, strict=True))
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    assert (ours._tracer_cls, ours._tracer_extras, ours.training, type(ours).__name__) == \
+           (theirs._tracer_cls, theirs._tracer_extras, theirs.training, type(theirs).__name__)
+    assert ours.code == theirs.code and ours.graph.owning_module is ours
