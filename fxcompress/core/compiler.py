@@ -67,7 +67,8 @@ def compile(model: nn.Module, passes: Sequence[Pass], example_inputs, *, train_l
     shared = not model.training and all(t.device == device for t in _tensors(model))
     gm = trace(model if shared else copy.deepcopy(model).to(device).eval(), leaf_modules)
     ctx = PassContext(gm=gm, example_inputs=inputs, train_loader=train_loader, val_loader=val_loader,
-                      calib_loader=calib_loader, device=device, owns_gm=not shared, progress=progress)
+                      calib_loader=calib_loader, device=device, owns_gm=not shared, progress=progress,
+                      input_model=model)
     report = Report(model_name=type(model).__name__)
     manager.run(ctx, report)
     return CompileResult(ctx.gm.eval(), report, list(ctx.artifacts))

@@ -22,6 +22,8 @@ class PassContext:
     progress: bool = True   # compile(progress=False) silences every pass's progress bars
     # False while gm shares its modules with the user's model: the manager copies it before a transform
     owns_gm: bool = True
+    # the model as the user passed it to compile (never modified; the default distillation teacher)
+    input_model: Optional[torch.nn.Module] = None
     analyses: Dict[Any, Any] = field(default_factory=dict)
     artifacts: List[str] = field(default_factory=list)
 

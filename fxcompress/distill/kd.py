@@ -1,18 +1,15 @@
 """Hinton et al.'s distillation: KL(teacher || student) between temperature-softened class distributions.
 
-    hook = DistillHook(teacher, KDLoss(temperature=4.0), weight=1.0)
-    fxcompress.compile(pruned, [FineTune(epochs=10, hooks=[hook])], x, train_loader=train)
+    loss = KDLoss(temperature=4.0)(student_logits, teacher_logits)
+    hook = DistillHook(teacher, KDLoss(temperature=4.0))       # fxcompress.distill.hook: for training passes
 """
 from __future__ import annotations
-
-from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..core.errors import PassError
-from ..train.loop import TrainHook
 
 
 def _positive_number(owner: str, option: str, value, allow_zero: bool = False) -> float:
@@ -44,31 +41,3 @@ class KDLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}"
-
-
-class DistillHook(TrainHook):
-    """Adds `weight * loss(student outputs, teacher outputs)` to the training loss. The teacher is frozen
-    in place: eval mode (its BatchNorm statistics must not follow the student's batches), no gradients,
-    run under no_grad, moved to the batch's device on first use."""
-
-    def __init__(self, teacher: nn.Module, loss: Optional[nn.Module] = None, weight: float = 1.0):
-        if not isinstance(teacher, nn.Module):
-            raise PassError(f"DistillHook teacher must be an nn.Module, got {type(teacher).__name__}")
-        self.teacher = teacher.eval().requires_grad_(False)
-        self.loss = loss if loss is not None else KDLoss()
-        self.weight = _positive_number("DistillHook", "weight", weight, allow_zero=True)
-
-    def teacher_outputs(self, inputs: torch.Tensor) -> torch.Tensor:
-        if self.teacher.training:   # something called .train() on it since: BN statistics would drift
-            self.teacher.eval()
-        self.teacher.to(inputs.device)
-        with torch.no_grad():
-            out = self.teacher(inputs)
-        if not isinstance(out, torch.Tensor):
-            raise PassError(f"DistillHook teacher returned {type(out).__name__}; it must return one logits tensor")
-        return out
-
-    def extra_loss(self, model, inputs, outputs, targets) -> Optional[torch.Tensor]:
-        if not isinstance(outputs, torch.Tensor):
-            raise PassError(f"DistillHook needs the student to return one logits tensor, got {type(outputs).__name__}")
-        return self.weight * self.loss(outputs, self.teacher_outputs(inputs))

@@ -65,6 +65,9 @@ class TrainHook:
     def after_backward(self, model: nn.Module) -> None:
         pass
 
+    def on_train_end(self, model: nn.Module) -> None:
+        pass
+
     def on_epoch_end(self, epoch: int, model: nn.Module) -> None:
         pass
 
@@ -161,17 +164,16 @@ def fit(model: nn.Module, train_loader: Iterable, config: TrainConfig, val_loade
     model.to(device)
     if hasattr(train_loader, "shard") and dinfo.world_size > 1:
         train_loader.shard(dinfo.rank, dinfo.world_size)
-    optimizer = _optimizer(model, config, hooks)
-    net = nn.parallel.DistributedDataParallel(model) if dinfo.world_size > 1 else model
-
     steps_per_epoch = len(train_loader)
     if config.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
     if steps_per_epoch == 0:
         raise DataError("train_loader is empty")
     total_steps = steps_per_epoch * config.epochs
-    for hook in hooks:
+    for hook in hooks:   # before the optimizer and DDP see the model: a hook may rewrite its graph (taps)
         hook.on_train_begin(model, steps_per_epoch)
+    optimizer = _optimizer(model, config, hooks)
+    net = nn.parallel.DistributedDataParallel(model) if dinfo.world_size > 1 else model
 
     history: List[dict] = []
     start_epoch = 0
@@ -233,6 +235,8 @@ def fit(model: nn.Module, train_loader: Iterable, config: TrainConfig, val_loade
             save_checkpoint({"epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                              "rng": torch.get_rng_state(), "history": history,
                              "hooks": [h.state_dict() for h in hooks], "config": asdict(config)}, ckpt)
+    for hook in hooks:
+        hook.on_train_end(model)
     if dinfo.world_size > 1:
         # DDP keeps parameters equal; buffers (BatchNorm statistics) follow each rank's last batch: every
         # rank leaves with rank 0's, the model rank 0 checkpointed
