@@ -7,7 +7,8 @@ forward + backward, ExportONNX with onnxruntime parity. One row per model, a tot
 --method magnitude (default): MagnitudePrune(ratio). --method resrep: ResRep to --target of the MACs:
 compactors inserted (checked identity), --steps training iterations on random data (batch 2, masking every
 4 steps after the first 4), the remaining channels masked at once to the target, merge (checked exact),
-removal (checked exact); the row fails unless the pruned model is at or under the target.
+removal (checked exact); the row fails unless the pruned model is at or under the target. Producers wider than
+--max-full-channels (1024) get per-channel scales instead of C x C compactors.
 """
 from __future__ import annotations
 
@@ -67,7 +68,7 @@ def prune_pass(args, x, classes, target=None):
     if args.method == "magnitude":
         return MagnitudePrune(args.ratio), {}
     rr = ResRep(target_macs=target, epochs=1, lr=1e-3, warmup_epochs=0, mask_interval=4, step_channels=4,
-                lasso_strength=1e-4)
+                lasso_strength=1e-4, max_full_channels=args.max_full_channels)
     return rr, {"train_loader": random_batches(x, classes, args.steps)}
 
 
@@ -148,6 +149,9 @@ def main(argv=None):
     p.add_argument("--ratio", type=float, default=0.5, help="magnitude: fraction of each group's channels to remove")
     p.add_argument("--target", type=float, default=0.5, help="resrep: fraction of the MACs to keep")
     p.add_argument("--steps", type=int, default=24, help="resrep: training iterations on random data")
+    p.add_argument("--max-full-channels", type=int, default=1024,
+                   help="resrep: wider producers get a per-channel scale, not a C x C compactor (memory: "
+                        "convnext_large's 6144-wide MLPs would need 1.4 G compactor weights)")
     p.add_argument("--size", type=int, default=64, help="input side where the model allows it")
     p.add_argument("--out", default=os.path.join(RESULTS, "zoo_prune"))
     p.add_argument("--shard", default="0/1", help="i/n: run every n-th model starting at i (parallel workers)")

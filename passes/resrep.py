@@ -47,7 +47,8 @@ class ResRep(TransformPass):
     `loss_fn(outputs, targets)` replaces cross-entropy (detectors, segmenters); `hooks` add losses
     (fxcompress.distill.DistillHook). The report has per-group widths before/after and, per epoch, the
     masked channels and MACs; `final_step_channels` > 0 says training ended before the target was met
-    (the rest were masked at once: train longer)."""
+    (the rest were masked at once: train longer). A full compactor has C x C weights: `max_full_channels`
+    gives producers wider than that a per-channel scale instead (memory for very wide layers)."""
 
     requires = (ChannelGroups, "train_loader")
 
@@ -56,7 +57,8 @@ class ResRep(TransformPass):
                  round_to: int = 1, compactor_momentum: float = 0.99, ignore: Iterable[str] = (),
                  hooks: Sequence[TrainHook] = (), loss_fn: Optional[Callable] = None, weight_decay: float = 5e-4,
                  momentum: float = 0.9, schedule: str = "cosine", seed: int = 0, checkpoint_dir: Optional[str] = None,
-                 resume: bool = False, max_steps_per_epoch: Optional[int] = None):
+                 resume: bool = False, max_steps_per_epoch: Optional[int] = None,
+                 max_full_channels: Optional[int] = None):
         n = "ResRep"
         _check(n, "target_macs", target_macs, _number(target_macs) and 0 < target_macs < 1,
                "give the fraction of the current MACs to keep, in (0, 1)")
@@ -71,6 +73,9 @@ class ResRep(TransformPass):
             _check(n, option, value, _integer(value) and value >= 1, "give an integer >= 1")
         _check(n, "compactor_momentum", compactor_momentum, _number(compactor_momentum) and 0 <= compactor_momentum < 1,
                "give a momentum in [0, 1)")
+        _check(n, "max_full_channels", max_full_channels,
+               max_full_channels is None or (_integer(max_full_channels) and max_full_channels >= 1),
+               "give None (full compactors everywhere) or the widest producer to get a full C x C compactor")
         if loss_fn is not None and not callable(loss_fn):
             raise PassError(f"ResRep option loss_fn={loss_fn!r} is invalid: give a function (outputs, targets) -> loss")
         self.target_macs, self.lasso_strength = float(target_macs), float(lasso_strength)
@@ -78,6 +83,7 @@ class ResRep(TransformPass):
         self.min_channels, self.round_to, self.compactor_momentum = min_channels, round_to, compactor_momentum
         self.ignore = (ignore,) if isinstance(ignore, str) else tuple(ignore)
         self.hooks, self.loss_fn = tuple(hooks), loss_fn
+        self.max_full_channels = max_full_channels
         self.config = TrainConfig(epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay,
                                   schedule=schedule, seed=seed, checkpoint_dir=checkpoint_dir, resume=resume,
                                   max_steps_per_epoch=max_steps_per_epoch)
@@ -90,7 +96,7 @@ class ResRep(TransformPass):
     def run(self, ctx) -> dict:
         result = ctx.get(ChannelGroups)
         groups = select_groups(ctx.gm, result, self.ignore, "ResRep")
-        placement = find_sites(ctx.gm, result, [g.id for g in groups])
+        placement = find_sites(ctx.gm, result, [g.id for g in groups], self.max_full_channels)
         if not placement.eligible:
             why = "; ".join(f"group {g}: {r}" for g, r in list(placement.skipped.items())[:3])
             raise PassError(f"ResRep finds no channel group it can prune ({len(groups)} prunable after ignore="

@@ -1,4 +1,4 @@
-"""Shape ops: view/reshape/flatten/unflatten/squeeze/unsqueeze, permute/transpose, expand, and the ops
+"""Shape ops: view/reshape/flatten/unflatten/squeeze/unsqueeze, permute/transpose/movedim, expand, and the ops
 that only read a tensor's metadata (size, dim, len...).
 
 Channels: dims kept whole pass through; where dims fold (NCHW -> N(CHW)), the flat dim follows the
@@ -97,6 +97,19 @@ def transpose_coupling(r) -> None:
     a, b = a % r.rank(x), b % r.rank(x)
     perm = list(range(r.rank(x)))
     perm[a], perm[b] = perm[b], perm[a]
+    for j, d in enumerate(perm):
+        r.same(x, d, y, j)
+
+
+@COUPLING.register("movedim", "moveaxis", torch.movedim, torch.moveaxis)
+def movedim_coupling(r) -> None:
+    x, y = r.arg(0, "input"), r.out()
+    src, dst = r.raw(1, "source"), r.raw(2, "destination")
+    src, dst = ([src], [dst]) if isinstance(src, int) else (list(src), list(dst))
+    rank = r.rank(x)
+    src, dst = [d % rank for d in src], [d % rank for d in dst]
+    rest = iter(d for d in range(rank) if d not in src)
+    perm = [src[dst.index(j)] if j in dst else next(rest) for j in range(rank)]   # y dim j is x dim perm[j]
     for j, d in enumerate(perm):
         r.same(x, d, y, j)
 

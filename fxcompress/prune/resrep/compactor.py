@@ -6,8 +6,9 @@ ONNX exporter treat it as what it is; only ResRep's update and merge look at the
 - `ConvCompactor` (C -> C, 1x1, no bias) follows a dense conv (or its BatchNorm) and merges into it:
   Q(BN(conv(x))) is one conv with weight Q @ (s * W) and bias Q @ b'.
 - `LinearCompactor` (C -> C, no bias) does the same for a Linear producer.
-- `ChannelScale` (a depthwise 1x1 conv: one scale per channel) follows a producer that cannot absorb a full
-  matrix (a grouped/depthwise conv, a BatchNorm after a concatenation); it merges into that producer's rows.
+- `ChannelScale` (one scale per channel, `fxcompress.ops.scale`) follows a producer that cannot absorb a full
+  matrix (a grouped/depthwise conv, a BatchNorm after a concatenation) or one wider than ResRep's
+  `max_full_channels` (a full compactor has C x C weights); it merges into that producer's rows.
 
     q = ConvCompactor(64)          # identity: q(x) == x
     rows = q.rows()                # (64, 64): one row per output channel, what the lasso acts on
@@ -16,6 +17,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+
+from ...ops import scale
 
 
 class Compactor:
@@ -43,11 +46,8 @@ class LinearCompactor(Compactor, nn.Linear):
             self.weight.copy_(torch.eye(channels))
 
 
-class ChannelScale(Compactor, nn.Conv2d):
-    def __init__(self, channels: int):
-        super().__init__(channels, channels, 1, groups=channels, bias=False)
-        with torch.no_grad():
-            self.weight.fill_(1.0)
+class ChannelScale(Compactor, scale.ChannelScale):
+    """A per-channel scale, initialised to ones, acting on dim `dim` (1 for NCHW, -1 after a Linear)."""
 
 
 COMPACTORS = (ConvCompactor, LinearCompactor, ChannelScale)

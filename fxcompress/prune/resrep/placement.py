@@ -36,12 +36,15 @@ class Site:
     norm: Optional[str]
     kind: type
     channels: int
+    channel_dim: int = 1    # 1 for NCHW outputs, -1 after a Linear
+    rank: int = 4           # of the attach node's output
     groups: List[int] = field(default_factory=list)
     compactor: str = ""     # the compactor's module name, once inserted
 
-    @property
-    def channel_dim(self) -> int:
-        return -1 if self.kind is LinearCompactor else 1
+    def make(self) -> nn.Module:
+        if self.kind is ChannelScale:
+            return ChannelScale(self.channels, self.channel_dim, self.rank)
+        return self.kind(self.channels)
 
 
 @dataclass
@@ -73,7 +76,7 @@ def _is_terminal(p: fx.Node, producers: set, values: set) -> bool:
     return False
 
 
-def _site_for(t: fx.Node, modules: dict, calls: Counter) -> "Site | str":
+def _site_for(t: fx.Node, modules: dict, calls: Counter, max_full: Optional[int]) -> "Site | str":
     """The compactor for terminal producer node t, or why it cannot have one."""
     m = modules[t.target]
 
@@ -83,26 +86,34 @@ def _site_for(t: fx.Node, modules: dict, calls: Counter) -> "Site | str":
         mod = modules[node.target]
         return isinstance(mod, nn.Linear) or (isinstance(mod, nn.Conv2d) and mod.groups == 1)
 
+    def full_or_scale(kind, channels, dim):   # a C x C compactor, unless C is above max_full
+        return (kind, dim) if max_full is None or channels <= max_full else (ChannelScale, dim)
+
     if isinstance(m, BATCH_NORMS):
         if m.running_mean is None or not m.affine:
             return f"{t.target} is a BatchNorm without running statistics or affine parameters"
         src = t.args[0] if t.args else None
         if dense(src) and len(src.users) == 1:
-            kind = LinearCompactor if isinstance(modules[src.target], nn.Linear) else ConvCompactor
-            return Site(t.name, src.target, t.target, kind, m.num_features)
-        if isinstance(m, nn.BatchNorm2d):
-            return Site(t.name, t.target, None, ChannelScale, m.num_features)
-        return f"{t.target} (BatchNorm1d after {getattr(src, 'target', src)}) cannot absorb a compactor"
+            linear = isinstance(modules[src.target], nn.Linear)
+            kind, dim = full_or_scale(LinearCompactor if linear else ConvCompactor, m.num_features, 1)
+            if kind is LinearCompactor and t.meta.get("tensor_meta") is not None and len(t.meta["tensor_meta"].shape) != 2:
+                return f"{t.target} normalises a Linear's output over dim 1 of a rank-3 tensor"
+            return Site(t.name, src.target if kind is not ChannelScale else t.target,
+                        t.target if kind is not ChannelScale else None, kind, m.num_features, dim)
+        return Site(t.name, t.target, None, ChannelScale, m.num_features, 1)
     if isinstance(m, nn.Linear):
-        return Site(t.name, t.target, None, LinearCompactor, m.out_features)
+        kind, dim = full_or_scale(LinearCompactor, m.out_features, -1)
+        return Site(t.name, t.target, None, kind, m.out_features, dim)
     if isinstance(m, nn.Conv2d):
-        kind = ConvCompactor if m.groups == 1 else ChannelScale
-        return Site(t.name, t.target, None, kind, m.out_channels)
+        kind, dim = full_or_scale(ConvCompactor if m.groups == 1 else ChannelScale, m.out_channels, 1)
+        return Site(t.name, t.target, None, kind, m.out_channels, dim)
     return f"its channels leave through {t.target} ({type(m).__name__}), which cannot absorb a compactor"
 
 
-def find_sites(gm: fx.GraphModule, result: ChannelGroupsResult, group_ids: Sequence[int]) -> Placement:
-    """The compactor sites that silence the channels of the groups `group_ids` (prunable ones)."""
+def find_sites(gm: fx.GraphModule, result: ChannelGroupsResult, group_ids: Sequence[int],
+               max_full_channels: Optional[int] = None) -> Placement:
+    """The compactor sites that silence the channels of the groups `group_ids` (prunable ones); producers
+    wider than `max_full_channels` get a ChannelScale instead of a full compactor."""
     modules = dict(gm.named_modules())
     calls_of = _module_calls(gm)
     calls = Counter({k: len(v) for k, v in calls_of.items()})
@@ -110,7 +121,7 @@ def find_sites(gm: fx.GraphModule, result: ChannelGroupsResult, group_ids: Seque
     eligible, skipped = [], {}
     for gid in group_ids:
         group: ChannelGroup = result.groups[gid]
-        reason, found = _group_sites(group, modules, calls_of, calls)
+        reason, found = _group_sites(group, modules, calls_of, calls, max_full_channels)
         if isinstance(reason, str):
             skipped[gid] = reason
             continue
@@ -120,7 +131,7 @@ def find_sites(gm: fx.GraphModule, result: ChannelGroupsResult, group_ids: Seque
     return Placement(list(sites.values()), eligible, skipped)
 
 
-def _group_sites(group: ChannelGroup, modules: dict, calls_of: dict, calls: Counter):
+def _group_sites(group: ChannelGroup, modules: dict, calls_of: dict, calls: Counter, max_full: Optional[int]):
     owners = {m.name.rpartition(".")[0] for m in group.param_members() if m.role == PRODUCER}
     if not owners:
         return "no module produces its channels", []
@@ -135,9 +146,13 @@ def _group_sites(group: ChannelGroup, modules: dict, calls_of: dict, calls: Coun
     found = []
     for p in sorted(producers, key=lambda n: n.name):
         if _is_terminal(p, producers, values):
-            site = _site_for(p, modules, calls)
+            site = _site_for(p, modules, calls, max_full)
             if isinstance(site, str):
                 return site, []
+            meta = p.meta.get("tensor_meta")
+            if meta is None or not hasattr(meta, "shape"):
+                return f"{p.name} has no recorded output shape", []
+            site.rank = len(meta.shape)
             found.append(site)
     return (None, found) if found else ("no producer's output reaches a consumer", [])
 
@@ -157,7 +172,7 @@ def insert_compactors(gm: fx.GraphModule, sites: Sequence[Site]) -> fx.GraphModu
         while name in taken:
             name += "_"
         taken.add(name)
-        new.add_submodule(name, site.kind(site.channels).to(device=ref.device, dtype=ref.dtype))
+        new.add_submodule(name, site.make().to(device=ref.device, dtype=ref.dtype))
         with new.graph.inserting_after(attach):
             q = new.graph.call_module(name, (attach,))
         attach.replace_all_uses_with(q, delete_user_cb=lambda user: user is not q)

@@ -6,7 +6,7 @@ from fxcompress.prune.resrep.compactor import ChannelScale, ConvCompactor, Linea
 
 def test_compactors_start_as_identity_and_expose_rows():
     x4, x2 = torch.randn(2, 6, 5, 5), torch.randn(3, 6)
-    for q, x in ((ConvCompactor(6), x4), (ChannelScale(6), x4), (LinearCompactor(6), x2)):
+    for q, x in ((ConvCompactor(6), x4), (ChannelScale(6), x4), (LinearCompactor(6), x2), (ChannelScale(6, -1, 2), x2)):
         assert torch.equal(q(x), x)
         assert q.rows().shape[0] == 6 and torch.allclose(q.row_norms(), torch.ones(6))
         assert is_compactor(q)

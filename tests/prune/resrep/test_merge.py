@@ -18,10 +18,10 @@ from resrep_models import ResNetDigits, analysed, randomize_bn, X
 X3 = torch.randn(2, 3, 16, 16)
 
 
-def trained_like(model, x, seed=0):
+def trained_like(model, x, seed=0, max_full_channels=None):
     """Compacted graph whose compactors are random perturbations of the identity (as after training)."""
     gm, result = analysed(model, x)
-    placement = find_sites(gm, result, [g.id for g in result.prunable()])
+    placement = find_sites(gm, result, [g.id for g in result.prunable()], max_full_channels)
     compacted = insert_compactors(gm, placement.sites)
     compactors = {s.compactor: compacted.get_submodule(s.compactor) for s in placement.sites}
     g = torch.Generator().manual_seed(seed)
@@ -31,8 +31,8 @@ def trained_like(model, x, seed=0):
     return gm, result, placement, compacted, compactors
 
 
-def merge_and_remove(model, x, fraction=0.5, min_channels=1):
-    gm, result, placement, compacted, compactors = trained_like(model, x)
+def merge_and_remove(model, x, fraction=0.5, min_channels=1, max_full_channels=None):
+    gm, result, placement, compacted, compactors = trained_like(model, x, max_full_channels=max_full_channels)
     masks = ChannelMasks(result, placement, compactors, min_channels=min_channels)
     macs_of = PlanMacs(gm, result)
     masks.mask_more(macs_of, int(fraction * count_macs(gm).macs), limit=None)
@@ -68,6 +68,16 @@ def test_merge_and_removal_are_exact_on_every_coupling(name):
     model = randomize(COUPLING_MODELS[name](), seed=2).eval()
     masks, merge, removal, pruned = merge_and_remove(model, X3)
     assert masks.masked_count() > 0
+    assert merge["max_rel_error"] < 1e-5 and removal["max_rel_error"] < 1e-5
+
+
+@pytest.mark.parametrize("name", ["residual_projection", "flatten_linear", "attention"])
+def test_scales_instead_of_full_compactors_above_max_full_channels(name):
+    model = randomize(COUPLING_MODELS[name](), seed=2).eval()
+    masks, merge, removal, pruned = merge_and_remove(model, X3, max_full_channels=8)
+    kinds = {type(q).__name__ for q in masks.compactors.values()}
+    assert "ChannelScale" in kinds
+    assert all(q.weight.shape[0] <= 8 for q in masks.compactors.values() if type(q).__name__ != "ChannelScale")
     assert merge["max_rel_error"] < 1e-5 and removal["max_rel_error"] < 1e-5
 
 
