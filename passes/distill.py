@@ -61,16 +61,15 @@ class Distill(TransformPass):
         self.config = TrainConfig(epochs=epochs, lr=lr, weight_decay=weight_decay, schedule=schedule, seed=seed,
                                   checkpoint_dir=checkpoint_dir, resume=resume, max_steps_per_epoch=max_steps_per_epoch)
 
-    def _teacher(self, ctx) -> tuple:
-        """(teacher module, whether it may be frozen in place)."""
+    def _teacher(self, ctx) -> nn.Module:
         if self.teacher is not None:
-            return self.teacher, True
+            return self.teacher
         model = ctx.input_model
         if model is None:
             raise PassError("Distill teacher=None needs the model compile was given; pass teacher=...")
         if model.training or any(t.device != ctx.device for t in model.parameters()):
-            return copy.deepcopy(model).to(ctx.device).eval(), True   # must change mode or device: a copy
-        return model, False
+            return copy.deepcopy(model).to(ctx.device).eval()   # must change mode or device: a copy
+        return model
 
     def _pairs(self, ctx, teacher) -> list:
         """Per pair: student and teacher feature shapes, found by one forward of the example inputs."""
@@ -106,12 +105,12 @@ class Distill(TransformPass):
         return out
 
     def run(self, ctx) -> dict:
-        teacher, freeze = self._teacher(ctx)
+        teacher = self._teacher(ctx)
         pairs = self._pairs(ctx, teacher)
         losses = self._losses(pairs)
         weights = self.weights if isinstance(self.weights, (int, float)) else \
             [w for loss, w in zip(self.losses, self.weights) for _ in (pairs if loss == "vid" else [0])]
-        hook = DistillHook(teacher, losses, weights, self.student_nodes, self.teacher_nodes, freeze=freeze)
+        hook = DistillHook(teacher, losses, weights, self.student_nodes, self.teacher_nodes)
         before = [p.detach().clone() for p in teacher.parameters()]
         metrics = {"pairs": pairs, "losses": [type(loss).__name__ for loss in losses]}
         if ctx.val_loader is not None:

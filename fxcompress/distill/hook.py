@@ -3,8 +3,8 @@
 Each loss gets what it is defined on: `KDLoss` the logits; `IRGLoss` the tapped features plus the logits;
 each `VIDLoss` one tapped (student, teacher) pair, in the order the nodes are listed. Student layers are
 tapped for the duration of training (`fxcompress.distill.taps`: the graph's outputs never change) and
-paired with the teacher's in the order the user lists them. The teacher is frozen: eval mode, no
-gradients, run under no_grad, never in the optimizer; loss modules with parameters (VID's regressor and
+paired with the teacher's in the order the user lists them. The teacher is frozen: eval mode, run under
+no_grad, never in the optimizer (its requires_grad flags are left as they are); loss modules with parameters (VID's regressor and
 variance) train with the student and, under DDP, have their gradients averaged across ranks.
 
     hook = DistillHook(teacher, [KDLoss(4.0), IRGLoss()], weights=[1.0, 0.5],
@@ -32,7 +32,7 @@ from .vid import VIDLoss
 class DistillHook(TrainHook):
     def __init__(self, teacher: nn.Module, losses: Union[nn.Module, Sequence[nn.Module], None] = None,
                  weights: Union[float, Sequence[float]] = 1.0, student_nodes: Sequence[str] = (),
-                 teacher_nodes: Sequence[str] = (), weight: Optional[float] = None, freeze: bool = True):
+                 teacher_nodes: Sequence[str] = (), weight: Optional[float] = None):
         if not isinstance(teacher, nn.Module):
             raise PassError(f"DistillHook teacher must be an nn.Module, got {type(teacher).__name__}")
         losses = [KDLoss()] if losses is None else [losses] if isinstance(losses, nn.Module) else list(losses)
@@ -55,9 +55,9 @@ class DistillHook(TrainHook):
         if vids and len(vids) != len(self.student_nodes):
             raise PassError(f"DistillHook has {len(vids)} VIDLoss but {len(self.student_nodes)} tapped pairs: "
                             f"give one VIDLoss per pair")
-        # freeze=False leaves the teacher's flags alone (a user's model serving as teacher: it runs under
-        # no_grad anyway and is never in the optimizer)
-        self.teacher = teacher.eval().requires_grad_(False) if freeze else teacher
+        # frozen by running it in eval mode under no_grad, never by flipping its requires_grad flags: the
+        # teacher is often a user's model, which may later be a student itself
+        self.teacher = teacher.eval()
         if self.teacher_nodes:
             graph = teacher if isinstance(teacher, fx.GraphModule) else trace(teacher)
             self.teacher = with_features(graph, self.teacher_nodes, "DistillHook teacher_nodes").eval()
