@@ -15,6 +15,7 @@ from fxcompress.prune.apply import prune
 from fxcompress.prune.plan import PlanMacs, select_groups
 from fxcompress.prune.resrep import (ChannelMasks, ResRepHook, find_sites, insert_compactors, merge_compactors,
                                      removal_plan, zero_masked_rows)
+from fxcompress.prune.resrep.masking import floor_plan
 from fxcompress.train.loop import TrainConfig, TrainHook, evaluate, fit
 
 from .channel_groups import ChannelGroups
@@ -88,11 +89,6 @@ class ResRep(TransformPass):
                                   schedule=schedule, seed=seed, checkpoint_dir=checkpoint_dir, resume=resume,
                                   max_steps_per_epoch=max_steps_per_epoch)
 
-    def _floor_macs(self, masks: ChannelMasks, macs_of) -> int:
-        floor = {gid: np.arange(min(len(m), max(self.min_channels, self.round_to, 1)))
-                 for gid, m in masks.masked.items()}
-        return macs_of(floor)
-
     def run(self, ctx) -> dict:
         result = ctx.get(ChannelGroups)
         groups = select_groups(ctx.gm, result, self.ignore, "ResRep")
@@ -104,17 +100,18 @@ class ResRep(TransformPass):
         total = ctx.flops().macs
         target = int(self.target_macs * total)
         macs_of = PlanMacs(ctx.gm, result)
+        floor = macs_of(floor_plan(result, placement.eligible, self.min_channels, self.round_to))
+        if floor > target:
+            raise UnreachableTarget(
+                floor / total, f"ResRep target_macs={self.target_macs} cannot be reached: with every prunable group "
+                f"at its floor (min_channels={self.min_channels}, round_to={self.round_to}) the model keeps "
+                f"{floor / total:.1%} of its MACs; choose target_macs >= {np.ceil(1000 * floor / total) / 1000} or "
+                f"lower min_channels/round_to")
         compacted = insert_compactors(ctx.gm, placement.sites)
         insertion = compare_exact(lambda x: run_eval(ctx.gm, x), lambda x: run_eval(compacted, x), (ctx.gm, compacted),
                                   ctx.example_inputs, "ResRep compactor insertion (identity)")
         compactors = {s.compactor: compacted.get_submodule(s.compactor) for s in placement.sites}
         masks = ChannelMasks(result, placement, compactors, self.min_channels, self.round_to)
-        floor = self._floor_macs(masks, macs_of)
-        if floor > target:
-            raise UnreachableTarget(floor / total, f"ResRep target_macs={self.target_macs} cannot be reached: with every prunable group at "
-                            f"its floor (min_channels={self.min_channels}, round_to={self.round_to}) the model keeps "
-                            f"{floor / total:.1%} of its MACs; choose target_macs >= {np.ceil(1000 * floor / total) / 1000}"
-                            f" or lower min_channels/round_to")
         metrics = {"top1_before": evaluate(ctx.gm, ctx.val_loader, ctx.device)["top1"]} if ctx.val_loader else {}
         hook = ResRepHook(masks, macs_of, target, self.lasso_strength, self.compactor_momentum, self.warmup_epochs,
                           self.mask_interval, self.step_channels)
@@ -125,6 +122,9 @@ class ResRep(TransformPass):
         _share_tensors(ctx.gm, compacted)
         final = hook.mask_step(None)   # training ended before the target: mask the rest at once
         predicted = macs_of(masks.plan())   # (on the original graph: before the merge edits it)
+        if predicted > target:
+            raise VerificationError(f"ResRep masks leave {predicted} MACs, above the target {target} that the floor "
+                                    f"check said was reachable")
         if ctx.val_loader:
             metrics["top1_trained"] = evaluate(compacted, ctx.val_loader, ctx.device)["top1"]
         before_zero = run_eval(compacted, ctx.example_inputs)

@@ -26,6 +26,17 @@ from .placement import Placement
 Rows = Tuple[str, np.ndarray, np.ndarray]
 
 
+def smallest_width(size: int, min_channels: int, round_to: int) -> int:
+    """The fewest units a group may keep: at least min_channels (and 1), a multiple of round_to, or all."""
+    floor = max(1, min_channels)
+    return min(size, -(-floor // round_to) * round_to)
+
+
+def floor_plan(result: ChannelGroupsResult, group_ids, min_channels: int, round_to: int) -> Dict[int, np.ndarray]:
+    """Every group at its smallest width: the most a mask can remove (what the MACs target must allow)."""
+    return {gid: np.arange(smallest_width(result.groups[gid].size, min_channels, round_to)) for gid in group_ids}
+
+
 class ChannelMasks:
     def __init__(self, result: ChannelGroupsResult, placement: Placement, compactors: Dict[str, nn.Module],
                  min_channels: int = 1, round_to: int = 1):
@@ -85,9 +96,6 @@ class ChannelMasks:
         return {gid: (len(m), int((~m).sum())) for gid, m in self.masked.items()}
 
     # ---- the masking step
-    def _floor(self, size: int) -> int:
-        return min(size, max(1, self.min_channels))
-
     def _moves(self, gid: int, score: np.ndarray):
         """The group's next masking moves, lowest scores first: chunks that keep the kept count a multiple of
         round_to (or the full size) and at least min_channels. Yields (mean score, gid, units)."""
@@ -95,10 +103,11 @@ class ChannelMasks:
         free = np.nonzero(~mask)[0]
         free = free[np.argsort(score[free], kind="stable")]
         kept, size, r = len(free), len(mask), self.round_to
+        floor = smallest_width(size, self.min_channels, r)
         done = 0
         while True:
             nxt = ((kept - 1) // r) * r
-            if nxt < self._floor(size) or nxt < 1:
+            if nxt < floor or nxt < 1:
                 return
             chunk = free[done:done + kept - nxt]
             yield float(score[chunk].mean()), gid, chunk

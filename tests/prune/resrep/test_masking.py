@@ -100,3 +100,17 @@ def test_masks_round_trip_through_a_weights_only_checkpoint(tmp_path):
     _, _, _, _, other, _ = setup()
     other.load_state_dict(torch.load(tmp_path / "m.pt", weights_only=True))
     assert all((other.masked[g] == masks.masked[g]).all() for g in masks.groups)
+
+
+@pytest.mark.parametrize("size,min_channels,round_to,expected", [(16, 1, 1, 1), (16, 6, 4, 8), (16, 1, 8, 8),
+                                                                  (6, 8, 4, 6), (16, 17, 1, 16), (10, 3, 4, 4)])
+def test_smallest_width_respects_min_channels_and_round_to(size, min_channels, round_to, expected):
+    from fxcompress.prune.resrep.masking import smallest_width
+    assert smallest_width(size, min_channels, round_to) == expected
+
+
+def test_the_floor_plan_is_what_masking_reaches_at_a_zero_target():
+    from fxcompress.prune.resrep.masking import floor_plan
+    gm, result, placement, compactors, masks, macs_of = setup(min_channels=6, round_to=4)
+    masks.mask_more(macs_of, target=0, limit=None)
+    assert macs_of(masks.plan()) == macs_of(floor_plan(result, masks.groups, 6, 4))
