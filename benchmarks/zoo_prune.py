@@ -6,7 +6,7 @@ forward + backward, ExportONNX with onnxruntime parity. One row per model, a tot
 
 --method magnitude (default): MagnitudePrune(ratio). --method resrep: ResRep to --target of the MACs:
 compactors inserted (checked identity), --steps training iterations on random data (batch 2, masking every
-4 steps after the first 4), the remaining channels masked at once to the target, merge (checked exact),
+3 steps, 4 channels at a time), the remaining channels masked at once to the target, merge (checked exact),
 removal (checked exact); the row fails unless the pruned model is at or under the target. Producers wider than
 --max-full-channels (1024) get per-channel scales instead of C x C compactors.
 """
@@ -67,7 +67,7 @@ def random_batches(x: torch.Tensor, classes: int, steps: int, batch: int = 2) ->
 def prune_pass(args, x, classes, target=None):
     if args.method == "magnitude":
         return MagnitudePrune(args.ratio), {}
-    rr = ResRep(target_macs=target, epochs=1, lr=1e-3, warmup_epochs=0, mask_interval=4, step_channels=4,
+    rr = ResRep(target_macs=target, epochs=1, lr=1e-3, warmup_epochs=0, mask_interval=3, step_channels=4,
                 lasso_strength=1e-4, max_full_channels=args.max_full_channels)
     return rr, {"train_loader": random_batches(x, classes, args.steps)}
 
@@ -148,7 +148,7 @@ def main(argv=None):
     p.add_argument("--method", choices=("magnitude", "resrep"), default="magnitude")
     p.add_argument("--ratio", type=float, default=0.5, help="magnitude: fraction of each group's channels to remove")
     p.add_argument("--target", type=float, default=0.5, help="resrep: fraction of the MACs to keep")
-    p.add_argument("--steps", type=int, default=24, help="resrep: training iterations on random data")
+    p.add_argument("--steps", type=int, default=12, help="resrep: training iterations on random data")
     p.add_argument("--max-full-channels", type=int, default=1024,
                    help="resrep: wider producers get a per-channel scale, not a C x C compactor (memory: "
                         "convnext_large's 6144-wide MLPs would need 1.4 G compactor weights)")
