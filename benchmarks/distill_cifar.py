@@ -31,7 +31,7 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from provenance import provenance  # noqa: E402
-from int8_cifar import load_reference  # noqa: E402
+from int8_cifar import reference_and_loaders  # noqa: E402
 
 RESULTS = os.path.join(HERE, "results")
 FIGS = os.path.join(os.path.dirname(HERE), "figs")
@@ -125,17 +125,13 @@ def main(argv=None):
     ap.add_argument("--out", default=os.path.join(RESULTS, "distill_cifar.json"))
     ap.add_argument("--fig", default=os.path.join(FIGS, "distill_cifar.png"))
     args = ap.parse_args(argv)
-    from fxcompress.data import cifar10
     from fxcompress.onnx.measure import onnx_top1
     import fxcompress
     from fxcompress.passes import ExportONNX
 
     os.makedirs(args.workdir, exist_ok=True)
     torch.set_num_threads(2)
-    reference, meta = load_reference()
-    mean, std = tuple(meta["normalize_mean"]), tuple(meta["normalize_std"])
-    train = cifar10(split="train", batch_size=128, augment=True, mean=mean, std=std, seed=0)
-    test = cifar10(split="test", batch_size=500, shuffle=False, mean=mean, std=std)
+    reference, meta, train, test, calib = reference_and_loaders()
     ref_path = os.path.join(args.workdir, "reference.onnx")
     fxcompress.compile(reference, [ExportONNX(ref_path)], X, progress=False)
     reference_top1 = onnx_top1(ref_path, test)

@@ -52,6 +52,18 @@ def load_reference():
     return model.eval(), meta
 
 
+def reference_and_loaders(calib_images: int = 512):
+    """The reference model, its metadata, and CIFAR-10 loaders normalised as it expects: (model, meta, train
+    with crop/flip augmentation, test, a fixed calibration list of `calib_images` training images)."""
+    from fxcompress.data import cifar10
+    model, meta = load_reference()
+    mean, std = tuple(meta["normalize_mean"]), tuple(meta["normalize_std"])
+    train = cifar10(split="train", batch_size=128, augment=True, mean=mean, std=std, seed=0)
+    test = cifar10(split="test", batch_size=500, shuffle=False, mean=mean, std=std)
+    calib = list(cifar10(split="train", batch_size=64, limit=calib_images, seed=0, shuffle=False, mean=mean, std=std))
+    return model, meta, train, test, calib
+
+
 def ort_quantize(fp32: str, out: str, calib, method: str, workdir: str) -> float:
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)

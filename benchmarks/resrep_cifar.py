@@ -31,7 +31,7 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from provenance import provenance  # noqa: E402
-from int8_cifar import load_reference  # noqa: E402
+from int8_cifar import reference_and_loaders  # noqa: E402
 
 RESULTS = os.path.join(HERE, "results")
 FIGS = os.path.join(os.path.dirname(HERE), "figs")
@@ -164,7 +164,6 @@ def main(argv=None):
     ap.add_argument("--figs", default=FIGS)
     args = ap.parse_args(argv)
     import fxcompress
-    from fxcompress.data import cifar10
     from fxcompress.onnx.measure import interleaved_latency, onnx_top1
     from fxcompress.passes import ExportONNX, QuantizeINT8
     from fxcompress.graph.macs import count_macs
@@ -172,11 +171,7 @@ def main(argv=None):
 
     os.makedirs(args.workdir, exist_ok=True)
     torch.set_num_threads(2)
-    reference, meta = load_reference()
-    mean, std = tuple(meta["normalize_mean"]), tuple(meta["normalize_std"])
-    train = cifar10(split="train", batch_size=128, augment=True, mean=mean, std=std, seed=0)
-    test = cifar10(split="test", batch_size=500, shuffle=False, mean=mean, std=std)
-    calib = list(cifar10(split="train", batch_size=64, limit=512, seed=0, shuffle=False, mean=mean, std=std))
+    reference, meta, train, test, calib = reference_and_loaders()
 
     base_fp32, base_int8 = (os.path.join(args.workdir, f"reference{s}.onnx") for s in ("", "_int8"))
     fxcompress.compile(reference, [ExportONNX(base_fp32)], X, progress=False)

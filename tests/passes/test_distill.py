@@ -3,8 +3,6 @@ trained, each loss gets what it is defined on, taps pair in the order listed, er
 the hook form trains ResRep; two DDP ranks end identical (student and VID parameters)."""
 import copy
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -13,7 +11,7 @@ import fxcompress
 from fxcompress.data import digits
 from fxcompress.distill import DistillHook, KDLoss
 from fxcompress.models import get_model
-from fxcompress.passes import Distill, FineTune, MagnitudePrune, ResRep
+from fxcompress.passes import Distill, MagnitudePrune, ResRep
 from fxcompress.train.loop import TrainConfig, fit
 
 X = torch.randn(1, 1, 8, 8)
@@ -90,12 +88,8 @@ def test_the_hook_form_distils_inside_resrep(teacher):
     assert len(calls) == 3
 
 
-def test_two_ddp_processes_end_with_the_same_student_and_loss_parameters(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           os.path.join(HERE, "distill_worker.py"), str(tmp_path)]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+def test_two_ddp_processes_end_with_the_same_student_and_loss_parameters(tmp_path, torchrun):
+    torchrun(os.path.join(HERE, "distill_worker.py"), tmp_path)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     for part in ("student", "vid"):
         assert all(torch.equal(r0[part][k], r1[part][k]) for k in r0[part])

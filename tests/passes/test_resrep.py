@@ -1,7 +1,6 @@
 """ResRep end to end on digits: half the MACs without loss, a verified ONNX file; typed errors before any
 training; resume after a kill ends where an uninterrupted run ends; two DDP processes end identical."""
 import os
-import subprocess
 import sys
 
 import pytest
@@ -116,12 +115,8 @@ def test_a_killed_run_resumes_to_the_same_model(tmp_path):
     assert ma["widths"] == mb["widths"] and ma["history"] == mb["history"]
 
 
-def test_two_ddp_processes_end_with_the_same_masks_and_weights(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           os.path.join(HERE, "resrep_worker.py"), str(tmp_path)]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+def test_two_ddp_processes_end_with_the_same_masks_and_weights(tmp_path, torchrun):
+    torchrun(os.path.join(HERE, "resrep_worker.py"), tmp_path)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert r0["widths"] == r1["widths"] and r0["history"] == r1["history"] and r0["history"][-1] > 0
     assert all(torch.equal(r0["state"][k], r1["state"][k]) for k in r0["state"])
