@@ -25,6 +25,7 @@ class MagnitudePrune(TransformPass):
     needs 16 output channels). Checked for exactness like PruneChannels."""
 
     requires = (ChannelGroups,)
+    writes_in_place = False   # builds the pruned model beside ctx.gm (fxcompress.prune.apply)
 
     def __init__(self, ratio: float = 0.5, norm: float = 1, round_to: int = 1, global_ranking: bool = False,
                  ignore: Iterable[str] = (), target_macs: Optional[float] = None, refine: bool = True,

@@ -16,6 +16,7 @@ class PruneChannels(TransformPass):
     model is left as it was."""
 
     requires = (ChannelGroups,)
+    writes_in_place = False   # builds the pruned model beside ctx.gm (fxcompress.prune.apply)
 
     def __init__(self, plan: Mapping[int, Sequence[int]]):
         self.plan = dict(plan)

@@ -49,9 +49,10 @@ def compile(model: nn.Module, passes: Sequence[Pass], example_inputs, *, train_l
             val_loader: Optional[Iterable] = None, calib_loader: Optional[Iterable] = None, device="cpu",
             leaf_modules: Iterable = (), progress: bool = True) -> CompileResult:
     """Trace `model` and run `passes` over it in order. `model` is never modified: the traced graph shares
-    its modules until the first transform, which works on a copy (so an analysis-only compile copies
-    nothing, and the peak memory is the model plus one copy). `result.model` therefore shares tensors with
-    `model` when no transform ran.
+    its modules until a transform that writes tensors in place, which works on a copy; the pruning passes
+    only read them, building the pruned model beside, whose kept tensors are copied when compile ends. So
+    an analysis-only compile copies nothing, and the peak memory is the model plus at most one copy (plus
+    the activations of the checking runs). `result.model` shares tensors with `model` when no transform ran.
 
     A loader is any re-iterable of batches; a batch is an input tensor or `(inputs, targets)`.
 

@@ -39,6 +39,8 @@ class PassManager:
 
     def run(self, ctx: PassContext, report: Report) -> None:
         spec = self._output_spec(ctx)
+        user = None   # ids of the user's tensors, while ctx.gm shares them (found at the first transform)
+        transformed = False
         bar = tqdm(self.passes, desc="fxcompress", unit="pass", disable=not self.progress or len(self.passes) < 2,
                    leave=False)
         for p in bar:
@@ -51,8 +53,11 @@ class PassManager:
                 result = ctx.get(p)
                 metrics = p.summarize(result) or {}
             elif isinstance(p, TransformPass):
-                snapshot = self._own_graph(ctx, p.verify_exact)
+                if user is None:   # never written, and not left in a transformed result
+                    user = set() if ctx.owns_gm else {id(t) for t in _tensors(ctx.gm)}
+                snapshot = self._own_graph(ctx, p, user)
                 metrics = p.run(ctx) or {}
+                transformed = True
                 metrics.update(self._check_transform(p, ctx, spec, snapshot))
             elif isinstance(p, LoweringPass):
                 metrics = p.run(ctx) or {}
@@ -63,6 +68,8 @@ class PassManager:
             path = p.output_path() if isinstance(p, LoweringPass) else None
             report.add(PassRecord(p.name, p.kind, seconds, before.params, after.params, before.macs, after.macs,
                                   os.path.getsize(path) if path and os.path.exists(path) else None, metrics))
+        if transformed and not ctx.owns_gm:   # a result built beside the user's model: its own tensors now
+            ctx.gm, ctx.owns_gm = _copy_tensors(ctx.gm, user), True
 
     @staticmethod
     def _output_spec(ctx: PassContext) -> OutputSpec:
@@ -73,13 +80,21 @@ class PassManager:
         return spec if spec is not None else OutputSpec.of(ctx.refresh_shapes())
 
     @staticmethod
-    def _own_graph(ctx: PassContext, snapshot: bool):
-        """Before a transform: make ctx.gm a copy if it still shares the user's modules (the shared graph
-        then serves as the exactness reference for free); else, if asked, return a snapshot."""
+    def _own_graph(ctx: PassContext, p: TransformPass, user: set):
+        """Before a transform; returns the exactness reference if the pass asks for one. A pass that builds
+        its result beside ctx.gm needs no copy, and ctx.gm stays as it is: the reference. One that writes
+        in place gets ctx.gm to itself: while ctx.gm shares the user's model, a copy of it (the shared
+        graph is then the reference, for free), else, if a reference is asked for, a copy of that."""
+        if not p.writes_in_place:
+            return ctx.gm if p.verify_exact else None
         if not ctx.owns_gm:
-            shared, ctx.gm, ctx.owns_gm = ctx.gm, copy.deepcopy(ctx.gm), True
-            return shared if snapshot else None
-        return copy.deepcopy(ctx.gm) if snapshot else None
+            shared = ctx.gm
+            # without a reference to keep, only the user's tensors need copying (ctx.gm may hold new ones
+            # from a pass that built beside it: the old graph is dropped, they move to the new one)
+            ctx.gm = copy.deepcopy(shared) if p.verify_exact else _copy_tensors(shared, user)
+            ctx.owns_gm = True
+            return shared if p.verify_exact else None
+        return copy.deepcopy(ctx.gm) if p.verify_exact else None
 
     def _check_transform(self, p: TransformPass, ctx: PassContext, spec: OutputSpec, before) -> dict:
         ctx.gm.graph.lint()
@@ -97,3 +112,14 @@ class PassManager:
             return compare_exact(lambda x: run_eval(before, x), lambda x: run_eval(ctx.gm, x), (before, ctx.gm),
                                  ctx.example_inputs, f"{p.name} exactness")
         return {}
+
+
+def _tensors(gm) -> list:
+    """Every parameter and buffer of gm, shared ones once per holder (one walk over the modules)."""
+    return [t for m in gm.modules() for store in (m._parameters, m._buffers) for t in store.values() if t is not None]
+
+
+def _copy_tensors(gm, which: set):
+    """A copy of gm (graph and modules) in which the tensors whose ids are in `which` are copied and every
+    other tensor is shared with gm."""
+    return copy.deepcopy(gm, {id(t): t for t in _tensors(gm) if id(t) not in which})

@@ -45,6 +45,12 @@ class TransformPass(Pass):
     # Whether the manager must see the same outputs after the pass (True for exact rewrites).
     # Shapes and structure are always checked.
     verify_exact: ClassVar[bool] = False
+    # Whether the pass may write ctx.gm's tensors in place (train them, fold into them...): then the
+    # manager gives it a graph of its own first, a copy while ctx.gm shares the user's model. False for
+    # a pass that builds its result beside ctx.gm and only reads ctx.gm's tensors (the pruning passes:
+    # new tensors for what they cut, the rest shared): it needs no copy, and a result that still shares
+    # the user's tensors when compile ends gets its own copy of those, the cut ones never duplicated.
+    writes_in_place: ClassVar[bool] = True
 
 
 class LoweringPass(Pass):

@@ -1,10 +1,13 @@
 """Numerical verification shared by every transform and lowering; all tolerances live here."""
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from dataclasses import dataclass
-from typing import Any, List
+from typing import Any, Callable, List
 
 import torch
+import torch.fx as fx
 from torch.utils import _pytree as pytree
 
 from .errors import VerificationError
@@ -96,23 +99,90 @@ def check_finite(out: Any, what: str) -> None:
             raise VerificationError(f"{what}: output {i} contains NaN or Inf")
 
 
-def run_eval(module, inputs):
-    """Outputs of `module` in eval mode without gradients; its training flag is restored."""
-    was_training = module.training
+# set inside compare_exact's float64 re-check: run_eval (and what else runs a model for a check, through
+# `float64_check()`) then runs models in float64 without converting them
+_FLOAT64 = contextvars.ContextVar("fxcompress_float64_check", default=False)
+
+
+def float64_check() -> bool:
+    """Whether the code runs inside compare_exact's float64 re-check."""
+    return _FLOAT64.get()
+
+
+def as_float64(t: torch.Tensor) -> torch.Tensor:
+    return t.double() if t.is_floating_point() else t
+
+
+@contextlib.contextmanager
+def evaluating(module):
+    """`module` in eval mode, then every submodule's training flag as it was (a model may mix modes, and
+    it may be the user's)."""
+    flags = [(m, m.training) for m in module.modules()]
     module.eval()
     try:
-        with torch.no_grad():
-            return module(*inputs)
+        yield module
     finally:
-        module.train(was_training)
+        for m, flag in flags:
+            m.training = flag
+
+
+def run_eval(module, inputs):
+    """Outputs of `module` in eval mode without gradients (`evaluating`). Inside the float64 re-check of
+    compare_exact, in float64 on copies of its tensors (`run_substituted`)."""
+    with evaluating(module), torch.no_grad():
+        return run_substituted(module, inputs, as_float64) if float64_check() else module(*inputs)
+
+
+class _Substituted(fx.Interpreter):
+    """See run_substituted."""
+
+    def __init__(self, gm: fx.GraphModule, substitute: Callable[[torch.Tensor], torch.Tensor]):
+        super().__init__(gm)
+        self.substitute = substitute
+
+    def call_module(self, target, args, kwargs):
+        module = self.fetch_attr(target)
+        return _call_substituted(module, self.substitute, args, kwargs)
+
+    def get_attr(self, target, args, kwargs):
+        value = super().get_attr(target, args, kwargs)
+        return self.substitute(value) if isinstance(value, torch.Tensor) else value
+
+
+def _call_substituted(module, substitute, args, kwargs):
+    made = {}   # one substitute per tensor: tied names must get the same one
+    tensors = {}
+    for name, t in list(module.named_parameters(remove_duplicate=False)) + \
+            list(module.named_buffers(remove_duplicate=False)):
+        new = made.get(id(t))
+        if new is None:
+            new = made[id(t)] = substitute(t)
+        if new is not t:
+            tensors[name] = new
+    if not tensors:
+        return module(*args, **kwargs)
+    return torch.func.functional_call(module, tensors, args, kwargs)
+
+
+def run_substituted(model, inputs, substitute: Callable[[torch.Tensor], torch.Tensor]):
+    """model(*inputs) with each of its tensors t replaced by substitute(t) (t itself: kept), no tensor of
+    the model written: a GraphModule runs node by node, every module call and get_attr on the substitutes
+    of the tensors it holds (torch.func.functional_call), made just before and dropped just after, so the
+    substitutes of one module exist at a time (float64 copies of a whole model would double it); another
+    module, whole. The caller sets eval mode and no_grad."""
+    if isinstance(model, fx.GraphModule):
+        return _Substituted(model, substitute).run(*inputs)
+    return _call_substituted(model, substitute, inputs, {})
 
 
 def compare_exact(expected, actual, modules, example_inputs, what: str) -> dict:
     """An exact rewrite: `actual(inputs)` must equal `expected(inputs)` within TOLERANCES["exact_transform"].
     Float32 rounding alone can exceed that on deep random-weight models (BN folding reorders sums; a
     narrower sum differs from a zero-padded wider one); then both are compared again in float64, where
-    rounding cannot hide a real error. `modules` (those the two computations use) are converted in
-    place: float32 -> float64 -> float32 is exact, so big models need no extra copies."""
+    rounding cannot hide a real error: `expected` and `actual` get float64 inputs and run_eval runs the
+    models in float64, one module at a time on float64 copies of its tensors (`run_substituted`), so no
+    model is converted or written (one may be the user's) and the copies never hold more than a module.
+    `modules` are those the two computations use: the re-check is for float32 models."""
     tol = TOLERANCES["exact_transform"]
     try:
         return {**compare_outputs(actual(example_inputs), expected(example_inputs), tol, what),
@@ -121,12 +191,10 @@ def compare_exact(expected, actual, modules, example_inputs, what: str) -> dict:
         tensors = [t for m in modules for t in list(m.parameters()) + list(m.buffers()) if t.is_floating_point()]
         if not tensors or any(t.dtype != torch.float32 for t in tensors):
             raise
-    inputs64 = tuple(t.double() if t.is_floating_point() else t for t in example_inputs)
+    inputs64 = tuple(as_float64(t) for t in example_inputs)
+    token = _FLOAT64.set(True)
     try:
-        for m in modules:
-            m.double()
         result = compare_outputs(actual(inputs64), expected(inputs64), tol, what + " (float64)")
     finally:
-        for m in modules:
-            m.float()
+        _FLOAT64.reset(token)
     return {**result, "exact_check": "float64"}

@@ -3,9 +3,11 @@
 Parameters are sliced along every pruned dimension; module attributes (in/out channels, groups,
 num_features...) and constants baked into the graph (reshape sizes, slice bounds, split sizes, functional
 conv groups, attention head dims) follow through the resize rules of `fxcompress.ops` (registry
-`RESIZE`). The new model is built beside the old one (unpruned tensors are shared, never modified), then
-checked: every node must have the shape the plan predicts, and the output must equal the old model's
-with the removed channels zeroed (`verify_exactness`).
+`RESIZE`). The new model is built beside the old one (unpruned tensors are shared), then checked: every
+node must have the shape the plan predicts, and the output must equal the old model's with the removed
+channels zeroed (`verify_exactness`). The old model's tensors are only ever read, the check included: it
+may be the user's model (the pruning passes declare `writes_in_place = False`, so the manager does not
+copy it first).
 
     new, metrics = prune(gm, groups_result, {group_id: kept_units, ...}, example_inputs)
 """
@@ -21,7 +23,7 @@ import torch.nn as nn
 
 from .. import ops  # noqa: F401  (registers every op family's rules)
 from ..core.errors import VerificationError
-from ..core.verify import compare_exact, run_eval
+from ..core.verify import as_float64, compare_exact, evaluating, float64_check, run_eval, run_substituted
 from ..graph.keys import output_keys
 from ..graph.tracing import propagate_shapes
 from ..ops.registry import RESIZE
@@ -54,7 +56,10 @@ def apply_plan(gm: fx.GraphModule, result: ChannelGroupsResult, plan: Mapping) -
         if id(old) in replaced:
             continue
         with torch.no_grad():
-            data = _index(old.detach(), key, s).clone()
+            whole = old.detach()
+            data = _index(whole, key, s)
+            if data is whole:   # index_select makes new tensors (cloning them would double the peak)
+                data = data.clone()
         value = nn.Parameter(data, requires_grad=old.requires_grad) if isinstance(old, nn.Parameter) else data
         replaced[id(old)] = value
         for name in names_of.get(id(old), [key.name]):
@@ -92,7 +97,8 @@ def check_shapes(new: fx.GraphModule, result: ChannelGroupsResult, masks, exampl
     """Run the pruned graph; every node must have exactly the shape the plan predicts."""
     s = PruneState(result, masks)
     try:
-        propagate_shapes(new, example_inputs)
+        with evaluating(new):   # new shares the tensors it keeps with the old model: no batch statistics written
+            propagate_shapes(new, example_inputs)
     except Exception as e:
         raise VerificationError(f"the pruned model no longer runs: {e}") from e
     for node in new.graph.nodes:
@@ -105,46 +111,56 @@ def check_shapes(new: fx.GraphModule, result: ChannelGroupsResult, masks, exampl
 
 def zeroed_outputs(gm: fx.GraphModule, result: ChannelGroupsResult, plan: Dict[int, np.ndarray], inputs):
     """The unpruned model's outputs with the removed channels zeroed at their producers (weights, biases,
-    norm affines of the removed units), computed in place and restored afterwards."""
-    saved = []
-    try:
-        with torch.no_grad():
-            for gid, kept in plan.items():
-                for m in result.groups[gid].members:
-                    if not m.is_param or m.role != PRODUCER:
-                        continue
-                    t = gm.get_parameter(m.name) if _is_param(gm, m.name) else gm.get_buffer(m.name)
-                    pos = torch.from_numpy(m.positions[~np.isin(m.units, kept)]).to(t.device)
-                    if len(pos) == 0:
-                        continue
-                    saved.append((t, m.dim, pos, t.index_select(m.dim, pos).clone()))
-                    t.index_fill_(m.dim, pos, 0.0)
-            was_training = gm.training
-            gm.eval()
-            out = gm(*inputs)
-            gm.train(was_training)
-    finally:
-        with torch.no_grad():
-            for t, d, pos, values in reversed(saved):
-                t.index_copy_(d, pos, values)
-    return out
+    norm affines of the removed units). gm's tensors are never written (they may be the user's model's):
+    each module runs on zeroed copies of those it holds, made just before it runs (core.verify's
+    run_substituted), in float64 inside compare_exact's float64 re-check."""
+    zeros: Dict[int, list] = {}   # id(tensor) -> [(dim, positions to zero)]
+    for gid, kept in plan.items():
+        for m in result.groups[gid].members:
+            if not m.is_param or m.role != PRODUCER:
+                continue
+            t = gm.get_parameter(m.name) if _is_param(gm, m.name) else gm.get_buffer(m.name)
+            pos = torch.from_numpy(m.positions[~np.isin(m.units, kept)]).to(t.device)
+            if len(pos):
+                zeros.setdefault(id(t), []).append((m.dim, pos))
+    float64 = float64_check()
+
+    def substitute(t: torch.Tensor) -> torch.Tensor:
+        fills = zeros.get(id(t))
+        if fills is None:
+            return as_float64(t) if float64 else t
+        z = t.detach().double() if float64 and t.is_floating_point() else t.detach().clone()
+        for dim, pos in fills:
+            z.index_fill_(dim, pos, 0.0)
+        return z
+
+    with evaluating(gm), torch.no_grad():
+        return run_substituted(gm, inputs, substitute)
 
 
 def prune(gm: fx.GraphModule, result: ChannelGroupsResult, plan: Mapping, example_inputs,
           verify: bool = True) -> tuple:
     """Apply a plan, check shapes and (with `verify`) exactness. Returns (new gm, metrics)."""
     norm = normalize_plan(result, plan)
+    # the reference first: the unpruned model's run needs the most memory for activations, which the
+    # pruned model's tensors and runs then reuse rather than adding to
+    reference = zeroed_outputs(gm, result, norm, example_inputs) if verify else None
     new = apply_plan(gm, result, norm)
     metrics = {"groups_pruned": len(norm),
                "units_removed": int(sum(result.groups[g].size - len(k) for g, k in norm.items()))}
     if verify:
         check_shapes(new, result, keep_masks(result, norm), example_inputs)
-        metrics.update(verify_exactness(gm, new, result, norm, example_inputs))
+        metrics.update(verify_exactness(gm, new, result, norm, example_inputs, reference))
     return new, metrics
 
 
-def verify_exactness(gm, new, result, plan, example_inputs) -> dict:
-    """Pruned output vs the unpruned output with the removed channels zeroed (float64 re-check when
-    float32 rounding alone exceeds the tolerance: see core.verify.compare_exact)."""
-    return compare_exact(lambda x: zeroed_outputs(gm, result, plan, x), lambda x: run_eval(new, x), (gm, new),
-                         example_inputs, "pruned model vs unpruned model with the removed channels zeroed")
+def verify_exactness(gm, new, result, plan, example_inputs, reference=None) -> dict:
+    """Pruned output vs the unpruned output with the removed channels zeroed (`reference`: that output on
+    example_inputs if already computed; float64 re-check when float32 rounding alone exceeds the
+    tolerance: see core.verify.compare_exact)."""
+    def expected(x):
+        if reference is not None and not float64_check():
+            return reference
+        return zeroed_outputs(gm, result, plan, x)
+    return compare_exact(expected, lambda x: run_eval(new, x), (gm, new), example_inputs,
+                         "pruned model vs unpruned model with the removed channels zeroed")

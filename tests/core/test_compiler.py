@@ -94,3 +94,75 @@ def test_progress_false_silences_every_bar(capsys):
                        progress=False)
     err = capsys.readouterr().err
     assert "calibrating" not in err and "FineTune" not in err and "it/s" not in err
+
+
+def _storages(module) -> set:
+    return {t.untyped_storage().data_ptr() for t in list(module.parameters()) + list(module.buffers())}
+
+
+def test_pruning_reads_the_user_model_in_place_and_returns_a_model_of_its_own(monkeypatch):
+    """The pruning passes build beside ctx.gm: no copy of the model before them, none of the user's tensors
+    written (not even for the zeroed reference of the exactness check), and the result holds no tensor of
+    the user's model."""
+    from fxcompress.passes import MagnitudePrune, PruneChannels
+    real = copy.deepcopy
+    for passes in ([ChannelGroups(), MagnitudePrune(0.5)], [PruneChannels({1: [0, 2, 5]})]):
+        model = net()
+        with torch.no_grad():
+            model[1].running_var.uniform_(0.5, 2)
+        model[1].train()   # a mix of modes (the root in eval mode: the model is shared): the BN is not updated
+        modes = [m.training for m in model.modules()]
+        tensors = {k: (v, v._version, v.clone()) for k, v in model.state_dict(keep_vars=True).items()}
+        copied = []
+
+        def spy(obj, memo=None):   # what a deepcopy of a module copies: the tensors the memo does not hold
+            if isinstance(obj, nn.Module):
+                copied.append(sum(t.numel() for t in list(obj.parameters()) + list(obj.buffers())
+                                  if id(t) not in (memo or {})))
+            return real(obj, memo)
+        monkeypatch.setattr(manager_module.copy, "deepcopy", spy)
+        result = fxcompress.compile(model, passes, X, progress=False)
+        # the pruned model, built beside (sharing what it keeps), then a copy of the user's tensors it kept:
+        # never a copy of the whole model
+        assert len(copied) == 2 and copied[0] == 0
+        assert 0 < copied[1] < sum(t.numel() for t in model.state_dict().values())
+        for k, v in model.state_dict(keep_vars=True).items():
+            t, version, value = tensors[k]
+            assert v is t and v._version == version and torch.equal(v, value), k
+        assert [m.training for m in model.modules()] == modes
+        assert not _storages(result.model) & _storages(model)
+        assert result.model.get_submodule("0").weight.shape[0] < 8
+        assert result.report.records[-1].metrics["max_rel_error"] < 1e-5
+
+
+class _NewHead(TransformPass):
+    """Builds beside ctx.gm: a new graph whose head has a new weight, every other tensor shared."""
+    writes_in_place = False
+    seen = {}
+
+    def run(self, ctx):
+        _NewHead.seen["user_weight_in_ctx"] = ctx.gm.get_submodule("0").weight
+        new = copy.deepcopy(ctx.gm, {id(t): t for t in list(ctx.gm.parameters()) + list(ctx.gm.buffers())})
+        head = new.get_submodule("4")
+        head.weight = nn.Parameter(head.weight.detach() * 2)
+        _NewHead.seen["new_weight"] = head.weight
+        ctx.gm = new
+
+
+def test_a_pass_building_beside_keeps_its_new_tensors_and_the_rest_is_copied_at_the_end():
+    model = net()
+    result = fxcompress.compile(model, [_NewHead()], X, progress=False)
+    assert _NewHead.seen["user_weight_in_ctx"] is model[0].weight        # not copied before the pass
+    assert result.model.get_submodule("4").weight is _NewHead.seen["new_weight"]   # not copied again
+    assert not _storages(result.model) & _storages(model)                 # the rest copied at the end
+    assert torch.equal(result.model.get_submodule("0").weight, model[0].weight)
+
+    # a later pass that writes in place gets a graph of its own without copying the new weight once more
+    class Scale(TransformPass):
+        def run(self, ctx):
+            with torch.no_grad():
+                ctx.gm.get_submodule("0").weight.mul_(3)
+    w = model[0].weight.clone()
+    result = fxcompress.compile(model, [_NewHead(), Scale()], X, progress=False)
+    assert torch.equal(model[0].weight, w) and torch.equal(result.model.get_submodule("0").weight, 3 * w)
+    assert result.model.get_submodule("4").weight is _NewHead.seen["new_weight"]
