@@ -72,4 +72,6 @@ def compile(model: nn.Module, passes: Sequence[Pass], example_inputs, *, train_l
                       input_model=model)
     report = Report(model_name=type(model).__name__)
     manager.run(ctx, report)
-    return CompileResult(ctx.gm.eval(), report, list(ctx.artifacts))
+    # a graph still sharing the user's modules is returned as it is (in eval mode at its root, as the model):
+    # eval() would set every one of the user's modules to eval mode
+    return CompileResult(ctx.gm.eval() if ctx.owns_gm else ctx.gm, report, list(ctx.artifacts))

@@ -76,8 +76,11 @@ def record_shapes(gm: fx.GraphModule, example_inputs) -> ShapeRecord:
 
 
 def ensure_shapes(gm: fx.GraphModule, example_inputs) -> None:
-    """Record shapes unless every node already carries them (the manager records them after each transform)."""
-    if any("tensor_meta" not in n.meta for n in gm.graph.nodes if n.op not in ("output", "get_attr")):
+    """Record shapes unless every node already carries them (the manager records them after each transform).
+    A recorded node has a "type" (every way of recording sets it); `tensor_meta` only where the value holds
+    tensors: a node computing a size (`x.shape[0]`) has none, and asking for it re-recorded every graph
+    with one (vit_b_16: twice per compile)."""
+    if any("type" not in n.meta for n in gm.graph.nodes if n.op not in ("output", "get_attr")):
         record_shapes(gm, example_inputs)
 
 

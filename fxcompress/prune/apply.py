@@ -39,12 +39,14 @@ def _index(t: torch.Tensor, key, s: PruneState) -> torch.Tensor:
     return t
 
 
-def apply_plan(gm: fx.GraphModule, result: ChannelGroupsResult, plan: Mapping) -> fx.GraphModule:
-    """A new GraphModule with the plan's removed units gone; `gm` is left as it was."""
+def apply_plan(gm: fx.GraphModule, result: ChannelGroupsResult, plan: Mapping, *,
+               on_meta: bool = False) -> fx.GraphModule:
+    """A new GraphModule with the plan's removed units gone; `gm` is left as it was. Its tensors are gm's
+    (those it keeps shared), or with `on_meta` data-less twins on the meta device (shapes only: the probe)."""
     plan = normalize_plan(result, plan)
     masks = keep_masks(result, plan)
     tensors = list(gm.parameters()) + list(gm.buffers())
-    memo = {id(t): t for t in tensors}
+    memo = {id(t): _meta_twin(t) if on_meta else t for t in tensors}
     new = copy.deepcopy(gm, memo)
     s = PruneState(result, masks)
     names_of: Dict[int, list] = {}
@@ -86,6 +88,11 @@ def apply_plan(gm: fx.GraphModule, result: ChannelGroupsResult, plan: Mapping) -
                 rule(s, node, None)
     new.recompile()
     return new
+
+
+def _meta_twin(t: torch.Tensor) -> torch.Tensor:
+    meta = t.detach().to("meta")
+    return nn.Parameter(meta, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else meta
 
 
 def _is_param(gm, name) -> bool:

@@ -166,3 +166,10 @@ def test_a_pass_building_beside_keeps_its_new_tensors_and_the_rest_is_copied_at_
     result = fxcompress.compile(model, [_NewHead(), Scale()], X, progress=False)
     assert torch.equal(model[0].weight, w) and torch.equal(result.model.get_submodule("0").weight, 3 * w)
     assert result.model.get_submodule("4").weight is _NewHead.seen["new_weight"]
+
+
+def test_an_analysis_only_compile_leaves_the_modes_of_the_user_modules():
+    model = net()
+    model[1].train()   # the user's own mix: the root in eval mode, one BatchNorm training
+    result = fxcompress.compile(model, [ChannelGroups()], X, progress=False)
+    assert model[1].training and not model.training and not result.model.training

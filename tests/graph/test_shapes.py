@@ -172,3 +172,21 @@ def test_parameters_swapped_only_when_read_and_always_restored():
     except shapes.MetaRunError:
         pass
     assert all(t is tensors[n] for n, t in gm.named_parameters())
+
+
+def test_ensure_shapes_does_not_record_a_graph_with_size_nodes_again(monkeypatch):
+    """A node computing a size (`x.size(0)`) holds no tensor: recorded (it has a type) without tensor_meta."""
+    from fxcompress.graph import shapes
+
+    class Sized(nn.Module):
+        def forward(self, x):
+            return x.view(x.size(0), -1)
+
+    gm = trace(Sized())
+    runs = []
+    real = shapes.record_shapes
+    monkeypatch.setattr(shapes, "record_shapes", lambda *a: (runs.append(1), real(*a))[1])
+    shapes.ensure_shapes(gm, (torch.randn(2, 3, 4),))
+    shapes.ensure_shapes(gm, (torch.randn(2, 3, 4),))
+    size = next(n for n in gm.graph.nodes if n.target == "size")
+    assert len(runs) == 1 and "tensor_meta" not in size.meta and size.meta["type"] is int

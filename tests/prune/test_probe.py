@@ -91,3 +91,27 @@ def test_pruning_keeps_the_sizing_branch_whole_and_stays_exact():
     out = res.model
     assert out.get_submodule("a.0").out_channels == 6 and out.get_submodule("stem.0").out_channels == 4
     assert res.report.records[0].metrics["max_rel_error"] < 1e-5
+
+
+def test_a_clean_probe_runs_the_pruned_copy_on_meta_only(monkeypatch):
+    """A graph with computed sizes that all follow their own tensor: one meta run of the pruned copy (the
+    unpruned graph is run on meta only to decide meta vs real after a mismatch)."""
+    from fxcompress.prune import probe
+
+    class SelfSized(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body, self.fc = cbr(3, 8), nn.Linear(8 * 4, 5)
+
+        def forward(self, x):
+            z = F.adaptive_avg_pool2d(self.body(x), 2)
+            return self.fc(z.view(z.size(0), -1))
+
+    gm = trace(SelfSized().eval())
+    record_shapes(gm, (X,))
+    result = build_channel_graph(gm).build_groups(PassContext(gm=gm, example_inputs=(X,)).flops().per_node)
+    runs = []
+    real = probe.run_on_meta
+    monkeypatch.setattr(probe, "run_on_meta", lambda g, *a: (runs.append(g), real(g, *a))[1])
+    assert probe_groups(gm, result, (X,)) == ({}, "meta")
+    assert len(runs) == 1 and runs[0] is not gm
