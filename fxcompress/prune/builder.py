@@ -53,6 +53,7 @@ class ChannelGraphBuilder:
         self.base: Dict[ValueKey, List[int]] = {}  # vertex key -> index of each of its dimensions
         self.dim_keys: List[Dim] = []
         self.dim_sizes: List[int] = []
+        self.dim_is_param: List[bool] = []
         self.whole_a: List[int] = []                # dimensions coupled whole (identity on positions)
         self.whole_b: List[int] = []
         self.mapped: List[tuple] = []               # (dim a, positions a, dim b, positions b)
@@ -77,6 +78,7 @@ class ChannelGraphBuilder:
                 dims.append(len(self.dim_sizes))
                 self.dim_keys.append((key, d))
                 self.dim_sizes.append(s)
+            self.dim_is_param.extend([key.is_param] * len(shape))
             self.base[key] = dims
         return key
 
@@ -185,7 +187,7 @@ class ChannelGraphBuilder:
         each unit, whether each group is blocked, index of each unit in its group, ids of kept units)."""
         n_comps, n_cls = len(comp_reason), len(classes.size)
         is_param = np.zeros(n_cls, dtype=bool)
-        is_param[classes.cls[np.array([k.is_param for k, _ in self.dim_keys], dtype=bool)]] = True
+        is_param[classes.cls[np.array(self.dim_is_param, dtype=bool)]] = True
         comp_has_param = np.zeros(n_comps, dtype=bool)
         comp_has_param[label[is_param[classes.cls_of_id]]] = True
         ids = np.nonzero(comp_has_param[label])[0]
@@ -221,7 +223,9 @@ class ChannelGraphBuilder:
         comp_index[comps] = np.arange(len(comps))
         ci = comp_index[label[ids]]
         g_id, u_id, c_id, p_id = group_of[ci], unit_of[ci], classes.cls_of_id[ids], classes.pos_of_id[ids]
-        order = np.lexsort((p_id, c_id, g_id))
+        # by group, class, position: ids ascend, and so do (class, position) pairs, so one stable sort by
+        # group does what a three-key lexsort would
+        order = np.argsort(g_id, kind="stable")
         g_id, u_id, c_id, p_id = g_id[order], u_id[order], c_id[order], p_id[order]
         change = np.nonzero((np.diff(g_id) != 0) | (np.diff(c_id) != 0))[0] + 1
         starts = np.concatenate([[0], change]).astype(np.int64) if len(g_id) else np.zeros(0, dtype=np.int64)
@@ -234,8 +238,8 @@ class ChannelGraphBuilder:
         # what a member needs of its dimension, worked out once per dimension rather than per member (this
         # loop runs per member: tens of thousands on large models): (key, dim, role, parameter numbers or None)
         dim_info = []
-        for key, dim in self.dim_keys:
-            if key.is_param:
+        for (key, dim), param in zip(self.dim_keys, self.dim_is_param):
+            if param:
                 # parameters make their channel unless a rule says they only read it (input columns)
                 shape = self.shapes[key]
                 dim_info.append((key, dim, self.roles.get((key, dim), PRODUCER),
