@@ -21,8 +21,9 @@ from onnx import TensorProto, helper, numpy_helper
 import fxcompress
 from fxcompress.onnx.runtime import optimized_graph, ort_session, run_ort
 from fxcompress.passes import ExportONNX, QuantizeINT8
-from fxcompress.quant.emulate import (IntegerEmulation, fma32, mlas_logistic, ort_batch_norm, ort_batch_norm_variant,
-                                      ort_logistic_variant)
+from fxcompress.quant.emulate import IntegerEmulation
+from fxcompress.quant.ort_float_ops import (fma32, mlas_logistic, ort_batch_norm, ort_batch_norm_variant,
+                                            ort_logistic_variant)
 from fxcompress.quant.fake_quant import ActivationQuantizer
 
 

@@ -1,0 +1,197 @@
+"""onnxruntime's float kernels, bit for bit, for the float ops left between quantized ones (Sigmoid/SiLU
+gates, BatchNorms FoldBatchNorm cannot fold): the fake-quant model must compute their outputs exactly as
+onnxruntime does, or the next quantizer's codes can differ by a step (efficientnet_b7, densenet121). Which
+kernel variant this CPU's onnxruntime runs is probed once per process. Used by `emulate.py`.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Optional, Tuple
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+# MLAS's logistic (onnxruntime/core/mlas/lib/logistic.cpp, Eigen's coefficients): clamp x to [-18, 18],
+# p = x * poly_9(x^2), q = poly_10(x^2), sigmoid = p / q + 0.5, in float32 (Horner steps as multiply-adds)
+_LOGISTIC = {"range": 18.0, "alpha": (4.37031012579801e-11, 1.15627324459942e-07, 6.08574864600143e-05,
+                                      8.51377133304701e-03, 2.48287947061529e-01),
+             "beta": (6.10247389755681e-13, 5.76102136993427e-09, 6.29106785017040e-06, 1.70198817374094e-03,
+                      1.16817656904453e-01, 9.93151921023180e-01)}
+# (fused multiply-adds, upper clamp to 1) of the kernels MLAS dispatches to: AVX2/FMA3 assembly (x86-64 today)
+# = (True, False); ARM NEON = (True, True); SSE2 = (False, True); SVE = (True, False)
+LOGISTIC_VARIANTS = ((True, False), (True, True), (False, True), (False, False))
+
+
+_F32_ROUNDING_BITS = (1 << 29) - 1   # the float64 mantissa bits below a (normal) float32's
+_F32_MIDPOINT = 1 << 28
+
+
+def fma32(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """float32 fused multiply-add a * b + c, rounded once, for results in float32's normal range. The
+    float64 product of two float32 is exact, and rounding the float64 sum to float32 is then correct unless
+    that sum fell on a float32 midpoint while inexact (double rounding): rare, and settled by the sum's
+    rounding error (TwoSum) for those elements only."""
+    p = a.double() * b.double()
+    c = c.double()
+    s = p + c
+    out = s.float()
+    tie = (s.view(torch.int64) & _F32_ROUNDING_BITS) == _F32_MIDPOINT
+    if bool(tie.any()):
+        pt, ct = torch.broadcast_to(p, s.shape)[tie], torch.broadcast_to(c, s.shape)[tie]
+        st = s[tie]
+        v = st - pt
+        err = (pt - (st - v)) + (ct - v)
+        nudged = torch.nextafter(st, torch.where(err > 0, torch.tensor(float("inf"), dtype=torch.float64),
+                                                 torch.tensor(float("-inf"), dtype=torch.float64)))
+        out[tie] = torch.where(err != 0, nudged, st).float()
+    return out
+
+
+def mlas_logistic(x: torch.Tensor, fused: bool = True, clamp_high: bool = False) -> torch.Tensor:
+    """onnxruntime's float Sigmoid, bit for bit (for the variant onnxruntime runs: `ort_logistic_variant`)."""
+    def const(v):
+        return torch.tensor(v, dtype=torch.float32)
+    def madd(a, b, c):
+        return fma32(a, b, c) if fused else a * b + c
+    bound = _LOGISTIC["range"]
+    v = torch.clamp(x.float(), -bound, bound)
+    v2 = v * v
+    alpha, beta = [const(a) for a in _LOGISTIC["alpha"]], [const(b) for b in _LOGISTIC["beta"]]
+    p = madd(v2, alpha[0], alpha[1])
+    for a in alpha[2:]:
+        p = madd(p, v2, a)
+    p = p * v
+    q = madd(v2, beta[0], beta[1])
+    for b in beta[2:]:
+        q = madd(q, v2, b)
+    out = (p / q + 0.5).clamp(min=0.0)
+    return out.clamp(max=1.0) if clamp_high else out
+
+
+def _logistic_probe() -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    return torch.cat([torch.linspace(-20.0, 20.0, 40001), torch.randn(40000, generator=g) * 6.0,
+                      torch.randn(10000, generator=g) * 1e-3, 18.0 - torch.rand(10000, generator=g) * 4.0])
+
+
+@functools.lru_cache(maxsize=None)
+def ort_logistic_variant() -> Optional[Tuple[bool, bool]]:
+    """The `mlas_logistic` variant that reproduces this onnxruntime's Sigmoid and x * Sigmoid(x) (as written for
+    SiLU, after its graph optimizations) on probe values, bit for bit; None if none does (or no onnxruntime)."""
+    try:
+        import onnxruntime as ort
+        from onnx import TensorProto, helper
+    except ImportError:   # pragma: no cover - onnxruntime is a dependency of the INT8 export
+        return None
+    nodes = [helper.make_node("Sigmoid", ["x"], ["sig"]), helper.make_node("Mul", ["x", "sig"], ["silu"])]
+    graph = helper.make_graph(nodes, "logistic_probe", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None])],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, [None]) for n in ("sig", "silu")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = min(model.ir_version, 8)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        x = _logistic_probe()
+        sig, silu = (torch.from_numpy(a) for a in session.run(None, {"x": x.numpy()}))
+    except Exception:   # noqa: BLE001 - no probe, no emulation: torch's sigmoid stays
+        return None
+    for variant in LOGISTIC_VARIANTS:
+        ours = mlas_logistic(x, *variant)
+        if torch.equal(ours, sig) and torch.equal(x * ours, silu):
+            return variant
+    return None
+
+
+def logistic_kind(node: fx.Node, modules) -> Optional[str]:
+    """"sigmoid" or "silu" for a node computing one (not in place on a tensor others read), else None."""
+    if node.op == "call_module":
+        m = modules.get(node.target)
+        if isinstance(m, nn.Sigmoid):
+            return "sigmoid"
+        if isinstance(m, nn.SiLU):
+            return "silu"
+        return None
+    if node.op == "call_function" and node.target in (torch.sigmoid, F.sigmoid):
+        return "sigmoid"
+    if node.op == "call_function" and node.target is F.silu:
+        return "silu"
+    if node.op == "call_method" and node.target == "sigmoid":
+        return "sigmoid"
+    return None
+
+
+# inverse standard deviations as onnxruntime's BatchNormalization may compute Eigen's
+# (var + eps).sqrt().inverse() (on this CPU: what torch.rsqrt computes, not 1 / sqrt, measured), and whether
+# y = x * scale + bias is one fused multiply-add (here: not)
+_INV_STD = {"rsqrt": lambda v: torch.rsqrt(v), "div_sqrt": lambda v: 1.0 / torch.sqrt(v),
+            "float64": lambda v: (1.0 / torch.sqrt(v.double())).float()}
+BATCH_NORM_VARIANTS = tuple((inv, fused) for inv in _INV_STD for fused in (False, True))
+
+
+def ort_batch_norm(x: torch.Tensor, bn: nn.Module, inv_std: str = "rsqrt", fused: bool = False) -> torch.Tensor:
+    """onnxruntime's float BatchNormalization (inference): scale = inv_std(var + eps) * weight,
+    bias' = bias - mean * scale, y = x * scale + bias', all in float32 (eps as the float attribute)."""
+    var = bn.running_var.float()
+    weight = bn.weight.float() if bn.weight is not None else torch.ones_like(var)
+    bias = bn.bias.float() if bn.bias is not None else torch.zeros_like(var)
+    scale = _INV_STD[inv_std](var + torch.tensor(bn.eps, dtype=torch.float32, device=var.device)) * weight
+    shift = bias - bn.running_mean.float() * scale
+    shape = [1, -1] + [1] * (x.dim() - 2)
+    x = x.float()
+    scale, shift = scale.reshape(shape).expand_as(x), shift.reshape(shape).expand_as(x)
+    return fma32(x, scale, shift) if fused else x * scale + shift
+
+
+@functools.lru_cache(maxsize=None)
+def ort_batch_norm_variant() -> Optional[Tuple[str, bool]]:
+    """The `ort_batch_norm` variant that reproduces this onnxruntime's BatchNormalization bit for bit on a
+    probe (variances over nine decades, random inputs); None if none does."""
+    try:
+        import onnxruntime as ort
+        from onnx import TensorProto, helper, numpy_helper
+    except ImportError:   # pragma: no cover
+        return None
+    g = torch.Generator().manual_seed(0)
+    channels = 256
+    bn = nn.BatchNorm2d(channels).eval()
+    with torch.no_grad():
+        bn.running_var.copy_(torch.logspace(-5, 4, channels) * (1 + torch.rand(channels, generator=g)))
+        bn.running_mean.copy_(torch.randn(channels, generator=g))
+        bn.weight.copy_(1 + 0.3 * torch.randn(channels, generator=g))
+        bn.bias.copy_(torch.randn(channels, generator=g))
+    x = torch.randn(4, channels, 8, 8, generator=g) * 3
+    params = [numpy_helper.from_array(t.detach().numpy(), n) for t, n in
+              ((bn.weight, "w"), (bn.bias, "b"), (bn.running_mean, "m"), (bn.running_var, "v"))]
+    node = helper.make_node("BatchNormalization", ["x", "w", "b", "m", "v"], ["y"], epsilon=float(bn.eps))
+    graph = helper.make_graph([node], "batch_norm_probe",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, channels, None, None])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=params)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)])
+    model.ir_version = min(model.ir_version, 8)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        y = torch.from_numpy(session.run(None, {"x": x.numpy()})[0])
+    except Exception:   # noqa: BLE001 - no probe, no emulation
+        return None
+    with torch.no_grad():
+        for variant in BATCH_NORM_VARIANTS:
+            if torch.equal(ort_batch_norm(x, bn, *variant), y):
+                return variant
+    return None
+
+
+def float_batch_norm(node: fx.Node, modules) -> Optional[nn.Module]:
+    """The BatchNorm module a node runs, if onnxruntime runs it as a float BatchNormalization (running
+    statistics; FoldBatchNorm left it: after a concatenation, a pool, the input)."""
+    m = modules.get(node.target) if node.op == "call_module" else None
+    if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_var is not None and m.running_mean is not None:
+        return m
+    return None
