@@ -135,7 +135,8 @@ def test_fast_module_install_builds_what_graph_module_builds(name):
 
     def tree(gm):
         return [(n, type(m).__name__, m.training, sorted(m._non_persistent_buffers_set),
-                 id(m) if n and type(m) is not nn.Module else None) for n, m in gm.named_modules(remove_duplicate=False)]
+                 id(m) if n and type(m) is not nn.Module else None)
+                for n, m in gm.named_modules(remove_duplicate=False)]
 
     assert tree(ours) == tree(theirs)
     def same(n, a, b):   # the model's tensors are shared; constants made while tracing are made per trace
