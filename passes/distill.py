@@ -14,7 +14,6 @@ from fxcompress.core.errors import PassError
 from fxcompress.core.pass_base import TransformPass
 from fxcompress.core.verify import run_eval
 from fxcompress.distill import DistillHook, IRGLoss, KDLoss, VIDLoss, with_features
-from fxcompress.distill.taps import resolve_nodes
 from fxcompress.graph.tracing import trace
 from fxcompress.train.loop import TrainConfig, evaluate, fit
 
@@ -73,7 +72,6 @@ class Distill(TransformPass):
 
     def _pairs(self, ctx, teacher) -> list:
         """Per pair: student and teacher feature shapes, found by one forward of the example inputs."""
-        resolve_nodes(ctx.gm, self.student_nodes, "Distill student_nodes")
         if not self.student_nodes:
             return []
         student = with_features(ctx.gm, self.student_nodes, "Distill student_nodes")

@@ -71,6 +71,15 @@ def mlas_logistic(x: torch.Tensor, fused: bool = True, clamp_high: bool = False)
     return out.clamp(max=1.0) if clamp_high else out
 
 
+def _probe_session(model, ort):
+    """A one-thread CPU session of a one-op probe model (what this CPU's onnxruntime computes for it)."""
+    model.ir_version = min(model.ir_version, 8)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
 def _logistic_probe() -> torch.Tensor:
     g = torch.Generator().manual_seed(0)
     return torch.cat([torch.linspace(-20.0, 20.0, 40001), torch.randn(40000, generator=g) * 6.0,
@@ -90,12 +99,8 @@ def ort_logistic_variant() -> Optional[Tuple[bool, bool]]:
     graph = helper.make_graph(nodes, "logistic_probe", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None])],
                               [helper.make_tensor_value_info(n, TensorProto.FLOAT, [None]) for n in ("sig", "silu")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = min(model.ir_version, 8)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.log_severity_level = 3
     try:
-        session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        session = _probe_session(model, ort)
         x = _logistic_probe()
         sig, silu = (torch.from_numpy(a) for a in session.run(None, {"x": x.numpy()}))
     except Exception:   # noqa: BLE001 - no probe, no emulation: torch's sigmoid stays
@@ -172,12 +177,8 @@ def ort_batch_norm_variant() -> Optional[Tuple[str, bool]]:
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, channels, None, None])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=params)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)])
-    model.ir_version = min(model.ir_version, 8)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.log_severity_level = 3
     try:
-        session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        session = _probe_session(model, ort)
         y = torch.from_numpy(session.run(None, {"x": x.numpy()})[0])
     except Exception:   # noqa: BLE001 - no probe, no emulation
         return None
