@@ -156,6 +156,7 @@ def main(argv=None):
     p.add_argument("--out", default=os.path.join(RESULTS, "zoo_prune"))
     p.add_argument("--shard", default="0/1", help="i/n: run every n-th model starting at i (parallel workers)")
     p.add_argument("--merge", nargs="*", help="merge the JSON files of finished shards into --out and exit")
+    p.add_argument("--threads", type=int, default=2, help="torch threads (1 when sharing the machine with a benchmark)")
     args = p.parse_args(argv)
     if args.merge:
         by_model = {}
@@ -168,7 +169,7 @@ def main(argv=None):
         rows = sorted(by_model.values(), key=lambda r: order.index(r["model"]) if r["model"] in order else len(order))
         return write(rows, args)
     warnings.filterwarnings("ignore")
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     names = args.models or torchvision.models.list_models(module=torchvision.models)
     i, n = (int(v) for v in args.shard.split("/"))
     names = names[i::n]
