@@ -60,7 +60,10 @@ def main(argv=None):
     p.add_argument("--models", nargs="*", default=MODELS, help="model names, or 'zoo' for every torchvision "
                    "classification model")
     p.add_argument("--size", type=int, default=64)
+    p.add_argument("--out", default=os.path.join(HERE, "results", "int8_check.json"))
+    p.add_argument("--threads", type=int, default=2, help="torch threads (onnxruntime's own default)")
     args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
     if args.models == ["zoo"]:
         import torchvision
         args.models = ["cifar_resnet20"] + torchvision.models.list_models(module=torchvision.models)
@@ -97,7 +100,7 @@ def main(argv=None):
           f"{len(snr_failed)} {snr_failed}; the others failed earlier checks (see failed_check)")
     out = {"provenance": provenance(), "command": "python benchmarks/int8_check.py " + " ".join(argv or sys.argv[1:]),
            "tolerances": {k: v for k, v in TOLERANCES.items() if k.startswith("int8")}, "rows": rows}
-    atomic_write_text(os.path.join(HERE, "results", "int8_check.json"), json.dumps(out, indent=2))
+    atomic_write_text(args.out, json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":
