@@ -68,10 +68,15 @@ def main(argv=None):
         import torchvision
         args.models = ["cifar_resnet20"] + torchvision.models.list_models(module=torchvision.models)
     rows = []
-    print("| model | SNR quant (dB) | SNR lower (dB) | margin | required | top-1 agreement | passed |")
-    print("|---|---|---|---|---|---|---|")
+    partial = args.out + ".partial"   # a row per finished model: an interrupted sweep resumes where it stopped
+    if os.path.exists(partial):
+        with open(partial) as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+    done = {r["model"] for r in rows}
+    print("| model | SNR quant (dB) | SNR lower (dB) | margin | required | top-1 agreement | int8 MACs | passed |")
+    print("|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.models:
+        for name in [m for m in args.models if m not in done]:
             start = time.perf_counter()
             model, calib, held = build(name, args.size)
             row = {"model": name}
@@ -91,9 +96,14 @@ def main(argv=None):
                 row.update(passed=False, failed_check=type(e).__name__, error=str(e)[:300])
             row["seconds"] = round(time.perf_counter() - start, 1)
             rows.append(row)
+            with open(partial, "a") as fh:
+                fh.write(json.dumps(row) + "\n")
+            if os.path.exists(os.path.join(tmp, f"{name}.onnx")):   # big models: keep the disk free
+                os.remove(os.path.join(tmp, f"{name}.onnx"))
             f = lambda k: f"{row[k]:.1f}" if isinstance(row.get(k), float) else "-"  # noqa: E731
+            macs = f"{row['int8_mac_fraction']:.1%}" if "int8_mac_fraction" in row else "-"
             print(f"| {name} | {f('snr_quant_db')} | {f('snr_lower_db')} | {f('margin_db')} | "
-                  f"{f('snr_lower_required_db')} | {row.get('top1_agreement') or '-'} | "
+                  f"{f('snr_lower_required_db')} | {row.get('top1_agreement') or '-'} | {macs} | "
                   f"{row['passed'] or row['failed_check']} |", flush=True)
     snr_failed = [r["model"] for r in rows if r.get("failed_check") == "snr"]
     print(f"\n{sum(r['passed'] for r in rows)} / {len(rows)} passed every export check; the SNR check refused "
@@ -101,6 +111,7 @@ def main(argv=None):
     out = {"provenance": provenance(), "command": "python benchmarks/int8_check.py " + " ".join(argv or sys.argv[1:]),
            "tolerances": {k: v for k, v in TOLERANCES.items() if k.startswith("int8")}, "rows": rows}
     atomic_write_text(args.out, json.dumps(out, indent=2))
+    os.remove(partial)
 
 
 if __name__ == "__main__":
