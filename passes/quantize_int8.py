@@ -10,6 +10,7 @@ from fxcompress.fold.batchnorm import fold_batchnorms
 from fxcompress.core.errors import PassError
 from fxcompress.core.pass_base import TransformPass
 from fxcompress.quant.calibrate import calibrate
+from fxcompress.quant.decompose import decompose_modules
 from fxcompress.quant.bias_correction import correct_biases
 from fxcompress.quant.emulate import install_integer_emulation
 from fxcompress.quant.insert import insert_fake_quant, plan_quantization, weighted_modules
@@ -73,6 +74,11 @@ class QuantizeINT8(TransformPass):
         if bn_folded:   # checked exactly, like FoldBatchNorm
             compare_exact(lambda x: run_eval(ctx.gm, x), lambda x: run_eval(gm, x), (ctx.gm, gm),
                           ctx.example_inputs, "QuantizeINT8's BatchNorm folding")
+        decomposed = decompose_modules(gm)   # attention's packed projections become nn.Linear layers
+        if decomposed["decomposed"]:
+            what = "QuantizeINT8's decomposition of " + ", ".join(decomposed["decomposed"][:3])
+            compare_exact(lambda x: run_eval(ctx.gm, x), lambda x: run_eval(gm, x), (ctx.gm, gm),
+                          ctx.example_inputs, what)
         record_shapes(gm, ctx.example_inputs)
         plan = plan_quantization(gm, self.min_input_channels)
         if not plan.weighted:
@@ -98,7 +104,8 @@ class QuantizeINT8(TransformPass):
                 "calib_seconds": calib_seconds, **calib, **qat, **emulated,
                 "unquantized_layers": [n for n, m in modules.items() if _is_weighted(m) and
                                        n not in {w.target for w in plan.weighted}],
-                "kept_float": dict(plan.kept_float)}
+                "kept_float": dict(plan.kept_float), "decomposed": decomposed["decomposed"],
+                "kept_whole": decomposed["kept"]}
 
     def _qat(self, gm, ctx) -> dict:
         gm.train()

@@ -11,14 +11,15 @@ both with the original 1/sqrt(head dim) scale.
 """
 from __future__ import annotations
 
+import inspect
 import math
 
 import numpy as np
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attention_modules import PrunedMultiheadAttention, window_attention
-from .registry import COUPLING, MACS, RESIZE, numel, optional
+from .attention_modules import PrunedMultiheadAttention, SelfAttentionAsLinears, window_attention
+from .registry import COUPLING, MACS, QUANT, RESIZE, QuantRule, numel, optional
 
 SWIN_ATTENTION = optional("torchvision.models.swin_transformer", "shifted_window_attention")
 WINDOW_ATTENTION_ARGS = ("input", "qkv_weight", "proj_weight", "relative_position_bias", "window_size", "num_heads",
@@ -183,3 +184,29 @@ def window_attention_resize(s, node, _):
     node.target = window_attention
     node.args = tuple(kw.pop(n) for n in WINDOW_ATTENTION_ARGS[:7])
     node.kwargs = kw
+
+
+# ---- INT8: the packed q/k/v projection as an nn.Linear, so that both projections are quantized
+MHA_ARGS = inspect.signature(nn.MultiheadAttention.forward)
+
+
+def self_attention_as_linears(m, node):
+    """SelfAttentionAsLinears for a self-attention call without masks, or why not (a string)."""
+    try:
+        call = MHA_ARGS.bind(m, *node.args, **node.kwargs).arguments
+    except TypeError as e:
+        return f"unexpected call: {e}"
+    key, value = call.get("key"), call.get("value")
+    if not (key is call["query"] or key is None) or not (value is call["query"] or value is None):
+        return "not self-attention (query, key and value differ)"
+    if any(call.get(a) is not None for a in ("key_padding_mask", "attn_mask")) or call.get("is_causal"):
+        return "masked attention"
+    if isinstance(m, PrunedMultiheadAttention):
+        return SelfAttentionAsLinears(m, m.qk_dim, m.v_dim, m.scale)
+    if m.in_proj_weight is None or m.bias_k is not None or m.add_zero_attn:
+        return "separate q/k/v projections, bias_k/bias_v or add_zero_attn"
+    return SelfAttentionAsLinears(m, m.head_dim, m.head_dim, 1.0 / math.sqrt(m.head_dim))
+
+
+QUANT.register(nn.MultiheadAttention, PrunedMultiheadAttention,
+               rule=QuantRule("decompose", decompose=self_attention_as_linears))

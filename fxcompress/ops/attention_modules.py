@@ -55,6 +55,36 @@ class PrunedMultiheadAttention(nn.Module):
         return out, weights
 
 
+class SelfAttentionAsLinears(nn.Module):
+    """Self-attention of an nn.MultiheadAttention or PrunedMultiheadAttention (no masks, no attention weights
+    returned) with its packed q/k/v projection as an nn.Linear, so that INT8 quantization sees both
+    projections as linear layers (QuantizeINT8 inlines it; see QUANT's "decompose" rule in ops.attention).
+    Parameters are shared with the module it replaces; the output is (out, None) as that module returns."""
+
+    def __init__(self, mha: nn.Module, qk_dim: int, v_dim: int, scale: float):
+        super().__init__()
+        rows, embed_in = mha.in_proj_weight.shape
+        self.in_proj = nn.Linear(embed_in, rows, bias=mha.in_proj_bias is not None)
+        self.in_proj.weight = mha.in_proj_weight
+        if mha.in_proj_bias is not None:
+            self.in_proj.bias = mha.in_proj_bias
+        self.out_proj = mha.out_proj
+        self.num_heads, self.qk_dim, self.v_dim, self.scale = mha.num_heads, qk_dim, v_dim, scale
+        self.batch_first, self.dropout = mha.batch_first, mha.dropout
+
+    def forward(self, x):
+        x = x if self.batch_first else x.transpose(0, 1)
+        h, qk, v = self.num_heads, self.qk_dim, self.v_dim
+        q, k, val = self.in_proj(x).split([h * qk, h * qk, h * v], dim=-1)
+        q = q.unflatten(-1, (h, qk)).transpose(1, 2)
+        k = k.unflatten(-1, (h, qk)).transpose(1, 2)
+        val = val.unflatten(-1, (h, v)).transpose(1, 2)
+        attn = torch.softmax((q * self.scale) @ k.transpose(-2, -1), dim=-1)
+        attn = F.dropout(attn, self.dropout, self.training)
+        out = self.out_proj((attn @ val).transpose(1, 2).flatten(-2))
+        return (out if self.batch_first else out.transpose(0, 1)), None
+
+
 def _window_mask(x: torch.Tensor, pad_h: int, pad_w: int, window: List[int], shift: List[int]) -> torch.Tensor:
     """-100 where two tokens of a window came from different regions before the cyclic shift."""
     region = x.new_zeros((pad_h, pad_w))

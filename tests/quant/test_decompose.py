@@ -1,0 +1,86 @@
+"""Attention decomposed for INT8: nn.MultiheadAttention's packed q/k/v projection becomes an nn.Linear in
+the graph (exactly the same function), so QuantizeINT8 quantizes both projections and onnxruntime runs them
+as QGemm; calls that cannot be decomposed are kept whole with the reason."""
+import pytest
+import torch
+import torch.nn as nn
+
+import fxcompress
+from fxcompress.graph.tracing import trace
+from fxcompress.passes import ExportONNX, MagnitudePrune, QuantizeINT8
+from fxcompress.quant.decompose import decompose_modules
+
+
+class Block(nn.Module):
+    """A ViT encoder block on [batch, tokens, features] (or [tokens, batch, features])."""
+
+    def __init__(self, d=32, heads=4, batch_first=True, mask=False, cross=False):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.attn = nn.MultiheadAttention(d, heads, batch_first=batch_first)
+        self.mlp = nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
+        self.head = nn.Linear(d, 10)
+        self.batch_first, self.cross = batch_first, cross
+        self.attn_mask = torch.zeros(6, 6) if mask else None   # 6 tokens
+
+    def forward(self, x):
+        x = x if self.batch_first else x.transpose(0, 1)
+        h = self.norm1(x)
+        kv = h.flip(1) if self.cross else h
+        a, _ = self.attn(h, kv, kv, need_weights=False, attn_mask=self.attn_mask)
+        x = x + a
+        x = x + self.mlp(self.norm2(x))
+        x = x if self.batch_first else x.transpose(0, 1)
+        return self.head(x.mean(1))
+
+
+X = torch.randn(4, 6, 32)
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_decomposition_is_the_same_function(batch_first):
+    torch.manual_seed(0)
+    model = Block(batch_first=batch_first).eval()
+    gm = trace(model)
+    report = decompose_modules(gm)
+    assert report == {"decomposed": ["attn"], "kept": {}}
+    assert not any(isinstance(m, nn.MultiheadAttention) for m in gm.modules())
+    assert isinstance(gm.get_submodule("attn.in_proj"), nn.Linear)
+    with torch.no_grad():
+        torch.testing.assert_close(gm(X), model(X), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs,reason", [({"mask": True}, "masked attention"),
+                                           ({"cross": True}, "not self-attention")])
+def test_calls_that_cannot_be_decomposed_are_kept_with_the_reason(kwargs, reason):
+    gm = trace(Block(**kwargs).eval())
+    report = decompose_modules(gm)
+    assert report["decomposed"] == [] and reason in report["kept"]["attn"]
+    assert isinstance(gm.get_submodule("attn"), nn.MultiheadAttention)
+
+
+def _int8(model, path):
+    g = torch.Generator().manual_seed(1)
+    calib = [torch.randn(8, 6, 32, generator=g) for _ in range(4)]
+    held = [torch.randn(8, 6, 32, generator=g) for _ in range(2)]
+    return fxcompress.compile(model.eval(), [QuantizeINT8(progress=False), ExportONNX(path)], (X,),
+                              calib_loader=calib, val_loader=held, progress=False)
+
+
+def test_both_attention_projections_run_as_qgemm(tmp_path):
+    torch.manual_seed(0)
+    result = _int8(Block(), str(tmp_path / "b.onnx"))
+    quant, export = result.report.records[0].metrics, result.report.records[-1].metrics
+    assert quant["decomposed"] == ["attn"]
+    assert quant["unquantized_layers"] == []
+    assert export["integer_kernels"] == {"QGemm": 5}   # in_proj, out_proj, two MLP layers, head
+    assert export["int8_mac_fraction"] > 0.9           # the attention products stay float
+    assert export["snr_lower_db"] >= export["snr_lower_required_db"]
+
+
+def test_pruned_attention_decomposes_too(tmp_path):
+    torch.manual_seed(0)
+    result = fxcompress.compile(Block().eval(), [MagnitudePrune(0.5)], X, progress=False)
+    assert type(result.model.get_submodule("attn")).__name__ == "PrunedMultiheadAttention"
+    quant = _int8(result.model, str(tmp_path / "p.onnx")).report.records[0].metrics
+    assert quant["decomposed"] == ["attn"] and quant["unquantized_layers"] == []
