@@ -74,12 +74,13 @@ class QuantizeINT8(TransformPass):
         if bn_folded:   # checked exactly, like FoldBatchNorm
             compare_exact(lambda x: run_eval(ctx.gm, x), lambda x: run_eval(gm, x), (ctx.gm, gm),
                           ctx.example_inputs, "QuantizeINT8's BatchNorm folding")
-        decomposed = decompose_modules(gm)   # attention's packed projections become nn.Linear layers
+        record_shapes(gm, ctx.example_inputs)
+        decomposed = decompose_modules(gm)   # attention's projections become nn.Linear layers
         if decomposed["decomposed"]:
             what = "QuantizeINT8's decomposition of " + ", ".join(decomposed["decomposed"][:3])
             compare_exact(lambda x: run_eval(ctx.gm, x), lambda x: run_eval(gm, x), (ctx.gm, gm),
                           ctx.example_inputs, what)
-        record_shapes(gm, ctx.example_inputs)
+            record_shapes(gm, ctx.example_inputs)
         plan = plan_quantization(gm, self.min_input_channels)
         if not plan.weighted:
             raise PassError("QuantizeINT8 found no conv/linear layer to quantize in the model")
