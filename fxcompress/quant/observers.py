@@ -115,7 +115,8 @@ class ActivationObserver:
 
 
 def range_to_qparams(lo: float, hi: float, symmetric: bool = False) -> tuple[float, int]:
-    hi = max(hi, lo + 1e-8)
+    if hi <= lo:   # a constant tensor (a dead channel after pruning: all zeros): a unit range. A vanishing
+        hi = lo + 1.0   # scale would overflow the next layer's int32 bias (scale: input x weight scale)
     if symmetric:
         t = max(abs(lo), abs(hi))
         return float(np.float32(2 * t / (QMAX - QMIN))), 128

@@ -302,3 +302,40 @@ def test_rgb_stem_is_padded_to_four_input_channels_with_identical_results(model,
     # aligned convs are left alone
     again = align_conv_input_channels(onnx.load(str(out)))
     assert [n.op_type for n in again.graph.node].count("Pad") == 1
+
+
+class DeadChannelNet(nn.Module):
+    """A conv pruned to one output channel that a ReLU always zeroes (what ResRep left in a trained
+    ResNet-20), read by a conv with large biases; `tiny` gives that channel a minute non-zero range instead."""
+
+    def __init__(self, tiny=False):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU())
+        self.narrow = nn.Conv2d(16, 1, 3, padding=1)
+        self.wide = nn.Conv2d(1, 16, 3, padding=1)
+        self.fc = nn.Linear(16, 10)
+        with torch.no_grad():
+            self.narrow.weight.mul_(1e-9 if tiny else 0.0)
+            self.narrow.bias.fill_(1e-9 if tiny else -100.0)
+            self.wide.bias.uniform_(-3.0, 3.0)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = F.relu(self.wide(F.relu(self.narrow(x)))) + x
+        return self.fc(x.mean((2, 3)))
+
+
+@pytest.mark.parametrize("tiny", [False, True])
+def test_dead_or_minute_channel_keeps_the_lowering_exact(tmp_path, tiny):
+    """A dead channel gets a unit range (observers.range_to_qparams); a minute one overflows the next layer's
+    int32 bias, which the lowering saturates and the emulation saturates alike. Both failed the INT8 check
+    (15 dB against 42 dB required on the ResRep-pruned ResNet-20) before."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    calib = [torch.randn(8, 3, 8, 8, generator=g) for _ in range(3)]
+    held = [torch.randn(8, 3, 8, 8, generator=g) for _ in range(2)]
+    result = fxcompress.compile(DeadChannelNet(tiny).eval(), [QuantizeINT8(progress=False),
+                                                              ExportONNX(str(tmp_path / "d.onnx"))],
+                                (calib[0],), calib_loader=calib, val_loader=held, progress=False)
+    m = result.report.records[-1].metrics
+    assert m["snr_lower_db"] >= m["snr_quant_db"] + 30

@@ -92,3 +92,11 @@ def test_relu_zero_spike_does_not_collapse_kl_threshold():
     x = torch.relu(torch.randn(400000))
     scale, zp = _observer("kl", x).qparams()
     assert zp == 0 and scale * 255 > 3.5
+
+
+@pytest.mark.parametrize("method", ["kl", "percentile", "minmax"])
+def test_constant_zero_tensor_gets_a_unit_range(method):
+    """A dead channel (all zeros after a ReLU) once had scale 1e-8 / 255: the next layer's int32 bias
+    (bias / (input scale x weight scale)) then overflowed."""
+    scale, zp = _observer(method, torch.zeros(1000)).qparams()
+    assert zp == 0 and scale == pytest.approx(1.0 / 255, rel=1e-6)
