@@ -101,7 +101,7 @@ class IntegerEmulation(nn.Module):
         wc = torch.clamp(torch.round(w * (1.0 / wq.scale.float()).reshape(shape)), WEIGHT_QMIN, WEIGHT_QMAX)
         xc = _codes(x, qx)
         bias_scale = qx.scale.float() * wq.scale.float()              # as quantize_biases computes it
-        bias = torch.round(layer.bias.float() / bias_scale).clamp(-2 ** 31, 2 ** 31 - 1) \
+        bias = torch.round(layer.bias.float() / bias_scale).double().clamp(-2 ** 31, 2 ** 31 - 1) \
             if layer.bias is not None else None   # saturated to int32 as quantize_biases stores it
         bound = float(wc.abs().reshape(wc.shape[0], -1).sum(1).max()) * float(xc.abs().max()) \
             + (float(bias.abs().max()) if bias is not None else 0.0)

@@ -242,7 +242,8 @@ def quantize_biases(model: onnx.ModelProto) -> onnx.ModelProto:
             continue
         bias = numpy_helper.to_array(inits[node.input[2]]).astype(np.float32)
         scale = (x_scale.reshape(()) * np.broadcast_to(w_scale.reshape(-1), bias.shape)).astype(np.float32)
-        q = np.clip(np.rint(bias / scale), -2 ** 31, 2 ** 31 - 1).astype(np.int32)
+        # float32 division and rounding as the emulation does; saturated in float64, where 2**31 - 1 is exact
+        q = np.clip(np.rint(bias / scale).astype(np.float64), -2 ** 31, 2 ** 31 - 1).astype(np.int32)
         base = node.input[2]
         tag = f"{base}_{node.name or len(new_nodes)}"   # a bias may be shared by several layers (equal constants)
         names = [f"{tag}_int32", f"{tag}_int32_scale", f"{tag}_dequantized"]

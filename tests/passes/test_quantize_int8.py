@@ -325,6 +325,7 @@ class DeadChannelNet(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
+@pytest.mark.filterwarnings("error::RuntimeWarning")   # an int32 bias cast out of range wraps around
 @pytest.mark.parametrize("tiny", [False, True])
 def test_dead_or_minute_channel_keeps_the_lowering_exact(tmp_path, tiny):
     """A dead channel gets a unit range (observers.range_to_qparams); a minute one overflows the next layer's
