@@ -47,7 +47,8 @@ def passes_for(variant: str, reference, args, ckpt: str):
                   max_steps_per_epoch=args.max_steps_per_epoch)
     if variant.startswith("resrep"):
         return [ResRep(target_macs=args.target, lasso_strength=args.lasso, warmup_epochs=args.warmup_epochs,
-                       mask_interval=args.mask_interval, step_channels=args.step_channels, **common)]
+                       mask_interval=args.mask_interval, step_channels=args.step_channels,
+                       group_score=args.group_score, **common)]
     return [MagnitudePrune(target_macs=args.target), FineTune(**common)]
 
 
@@ -162,6 +163,7 @@ def main(argv=None):
     ap.add_argument("--warmup-epochs", type=float, default=2.0, help="ResRep: epochs before any masking")
     ap.add_argument("--mask-interval", type=int, default=60, help="ResRep: iterations between masking steps")
     ap.add_argument("--step-channels", type=int, default=4, help="ResRep: channels masked per step")
+    ap.add_argument("--group-score", default="sum", choices=("sum", "mean"), help="ResRep: a group's channel score")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--workdir", default=os.path.join(RESULTS, "resrep_cifar_work"),
                     help="cached variants and training checkpoints (delete to start afresh)")

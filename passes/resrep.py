@@ -59,8 +59,10 @@ class ResRep(TransformPass):
                  hooks: Sequence[TrainHook] = (), loss_fn: Optional[Callable] = None, weight_decay: float = 5e-4,
                  momentum: float = 0.9, schedule: str = "cosine", seed: int = 0, checkpoint_dir: Optional[str] = None,
                  resume: bool = False, max_steps_per_epoch: Optional[int] = None,
-                 max_full_channels: Optional[int] = None):
+                 max_full_channels: Optional[int] = None, group_score: str = "sum"):
         n = "ResRep"
+        _check(n, "group_score", group_score, group_score in ("sum", "mean"),
+               'give "sum" (row norms summed over a group\'s producers) or "mean"')
         _check(n, "target_macs", target_macs, _number(target_macs) and 0 < target_macs < 1,
                "give the fraction of the current MACs to keep, in (0, 1)")
         _check(n, "lasso_strength", lasso_strength, _number(lasso_strength) and lasso_strength >= 0,
@@ -82,6 +84,7 @@ class ResRep(TransformPass):
         self.target_macs, self.lasso_strength = float(target_macs), float(lasso_strength)
         self.warmup_epochs, self.mask_interval, self.step_channels = warmup_epochs, mask_interval, step_channels
         self.min_channels, self.round_to, self.compactor_momentum = min_channels, round_to, compactor_momentum
+        self.group_score = group_score
         self.ignore = (ignore,) if isinstance(ignore, str) else tuple(ignore)
         self.hooks, self.loss_fn = tuple(hooks), loss_fn
         self.max_full_channels = max_full_channels
@@ -111,7 +114,7 @@ class ResRep(TransformPass):
         insertion = compare_exact(lambda x: run_eval(ctx.gm, x), lambda x: run_eval(compacted, x), (ctx.gm, compacted),
                                   ctx.example_inputs, "ResRep compactor insertion (identity)")
         compactors = {s.compactor: compacted.get_submodule(s.compactor) for s in placement.sites}
-        masks = ChannelMasks(result, placement, compactors, self.min_channels, self.round_to)
+        masks = ChannelMasks(result, placement, compactors, self.min_channels, self.round_to, self.group_score)
         metrics = {"top1_before": evaluate(ctx.gm, ctx.val_loader, ctx.device)["top1"]} if ctx.val_loader else {}
         hook = ResRepHook(masks, macs_of, target, self.lasso_strength, self.compactor_momentum, self.warmup_epochs,
                           self.mask_interval, self.step_channels)

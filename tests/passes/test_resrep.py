@@ -57,7 +57,7 @@ def test_training_too_short_for_the_target_masks_the_rest_and_says_so():
 @pytest.mark.parametrize("option,value", [("target_macs", 0), ("target_macs", 1), ("target_macs", 1.5),
                                           ("target_macs", "half"), ("lasso_strength", -1e-4), ("epochs", 0),
                                           ("mask_interval", 0), ("round_to", 0), ("compactor_momentum", 1.0),
-                                          ("warmup_epochs", 20), ("loss_fn", "mse")])
+                                          ("group_score", "max"), ("warmup_epochs", 20), ("loss_fn", "mse")])
 def test_bad_options_name_the_option(option, value):
     with pytest.raises(fxcompress.PassError, match=f"ResRep option {option}="):
         ResRep(**{option: value})

@@ -39,8 +39,8 @@ def floor_plan(result: ChannelGroupsResult, group_ids, min_channels: int, round_
 
 class ChannelMasks:
     def __init__(self, result: ChannelGroupsResult, placement: Placement, compactors: Dict[str, nn.Module],
-                 min_channels: int = 1, round_to: int = 1):
-        self.result, self.compactors = result, compactors
+                 min_channels: int = 1, round_to: int = 1, group_score: str = "sum"):
+        self.result, self.compactors, self.group_score = result, compactors, group_score
         self.min_channels, self.round_to = min_channels, round_to
         self.groups = list(placement.eligible)
         self.masked = {gid: np.zeros(result.groups[gid].size, dtype=bool) for gid in self.groups}
@@ -60,14 +60,17 @@ class ChannelMasks:
 
     # ---- scores and masks
     def scores(self) -> Dict[int, np.ndarray]:
-        """Per unit: the compactor row norms that carry it, summed over the group's producers."""
+        """Per unit: the compactor row norms that carry it, summed over the group's producers ("sum"), or
+        their mean ("mean": a residual group with four producers then competes with an inner conv on equal
+        terms instead of scoring four times as high)."""
         norms = {name: q.row_norms().double().cpu().numpy() for name, q in self.compactors.items()}
         out = {}
         for gid in self.groups:
-            total = np.zeros(self.result.groups[gid].size)
+            total, count = np.zeros(self.result.groups[gid].size), np.zeros(self.result.groups[gid].size)
             for name, pos, units in self.rows[gid]:
                 np.add.at(total, units, norms[name][pos])
-            out[gid] = total
+                np.add.at(count, units, 1.0)
+            out[gid] = total / np.maximum(count, 1.0) if self.group_score == "mean" else total
         return out
 
     def row_masks(self) -> Dict[str, torch.Tensor]:

@@ -10,12 +10,12 @@ from fxcompress.prune.resrep import ChannelMasks, find_sites, insert_compactors
 from resrep_models import ResNetDigits, analysed
 
 
-def setup(min_channels=1, round_to=1, model=None):
+def setup(min_channels=1, round_to=1, model=None, group_score="sum"):
     gm, result = analysed(model or ResNetDigits())
     placement = find_sites(gm, result, [g.id for g in result.prunable()])
     compacted = insert_compactors(gm, placement.sites)
     compactors = {s.compactor: compacted.get_submodule(s.compactor) for s in placement.sites}
-    masks = ChannelMasks(result, placement, compactors, min_channels, round_to)
+    masks = ChannelMasks(result, placement, compactors, min_channels, round_to, group_score)
     return gm, result, placement, compactors, masks, PlanMacs(gm, result)
 
 
@@ -43,6 +43,18 @@ def test_scores_sum_the_row_norms_of_a_groups_producers():
     gid = residual_group(result, masks)
     expected = sum(float(compactors[name].row_norms()[pos[units == 0]]) for name, pos, units in masks.rows[gid])
     assert scores[gid][0] == pytest.approx(expected)
+
+
+def test_mean_scores_let_a_residual_group_compete_with_an_inner_conv():
+    """Identity compactors: every row norm is 1. Summed, a residual unit (3 producers) scores 3 and is masked
+    after every inner channel; averaged, it scores 1 like the others."""
+    for group_score, residual in (("sum", 3.0), ("mean", 1.0)):
+        gm, result, placement, compactors, masks, _ = setup(group_score=group_score)
+        scores = masks.scores()
+        gid = residual_group(result, masks)
+        assert scores[gid] == pytest.approx(np.full(len(scores[gid]), residual))
+        inner = [g for g in masks.groups if len(masks.rows[g]) == 1]
+        assert scores[inner[0]] == pytest.approx(np.ones(len(scores[inner[0]])))
 
 
 def test_masking_ranks_channels_globally_by_norm():
