@@ -48,6 +48,8 @@ def build(name: str, size: int):
     torch.manual_seed(0)
     model, x = zoo_model(name, size)
     size = x.shape[-1]
+    if getattr(model, "AuxLogits", None) is not None:   # inception_v3's training-only head: too small an input
+        model.AuxLogits = None                          # for it at this size, and never part of the INT8 model
     recalibrate_batchnorm(model, (1, 3, size, size))
     gen = torch.Generator().manual_seed(1)
     calib = [torch.randn(8, 3, size, size, generator=gen) for _ in range(4)]
@@ -78,9 +80,9 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         for name in [m for m in args.models if m not in done]:
             start = time.perf_counter()
-            model, calib, held = build(name, args.size)
             row = {"model": name}
             try:
+                model, calib, held = build(name, args.size)
                 result = fxcompress.compile(model, [FoldBatchNorm(), QuantizeINT8(progress=False),
                                                     ExportONNX(os.path.join(tmp, f"{name}.onnx"))],
                                             (calib[0],), calib_loader=calib, val_loader=held, progress=False)
