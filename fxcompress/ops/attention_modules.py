@@ -17,6 +17,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+def packed_attention(qkv, h: int, qk: int, v: int, scale: float, dropout: float, training: bool):
+    """Scaled dot-product attention on a packed [q | k | v] projection (batch first): (attention weights, the
+    heads' outputs merged to [batch, tokens, h * v])."""
+    q, k, val = qkv.split([h * qk, h * qk, h * v], dim=-1)
+    q = q.unflatten(-1, (h, qk)).transpose(1, 2)
+    k = k.unflatten(-1, (h, qk)).transpose(1, 2)
+    val = val.unflatten(-1, (h, v)).transpose(1, 2)
+    attn = torch.softmax((q * scale) @ k.transpose(-2, -1), dim=-1)
+    attn = F.dropout(attn, dropout, training)
+    return attn, (attn @ val).transpose(1, 2).flatten(-2)
+
+
 class PrunedMultiheadAttention(nn.Module):
     """Self-attention equivalent of nn.MultiheadAttention (same parameter names) with free head dims."""
 
@@ -38,15 +50,9 @@ class PrunedMultiheadAttention(nn.Module):
                 attn_mask=None, average_attn_weights: bool = True, is_causal: bool = False):
         x = query if self.batch_first else query.transpose(0, 1)
         h, qk, v = self.num_heads, self.qk_dim, self.v_dim
-        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
-        q, k, val = qkv.split([h * qk, h * qk, h * v], dim=-1)
-        q = q.unflatten(-1, (h, qk)).transpose(1, 2)
-        k = k.unflatten(-1, (h, qk)).transpose(1, 2)
-        val = val.unflatten(-1, (h, v)).transpose(1, 2)
-        attn = torch.softmax((q * self.scale) @ k.transpose(-2, -1), dim=-1)
-        if self.training and self.dropout > 0:
-            attn = F.dropout(attn, self.dropout)
-        out = self.out_proj((attn @ val).transpose(1, 2).flatten(-2))
+        attn, heads = packed_attention(F.linear(x, self.in_proj_weight, self.in_proj_bias), h, qk, v, self.scale,
+                                       self.dropout, self.training)
+        out = self.out_proj(heads)
         if not self.batch_first:
             out = out.transpose(0, 1)
         weights = None
@@ -74,14 +80,9 @@ class SelfAttentionAsLinears(nn.Module):
 
     def forward(self, x):
         x = x if self.batch_first else x.transpose(0, 1)
-        h, qk, v = self.num_heads, self.qk_dim, self.v_dim
-        q, k, val = self.in_proj(x).split([h * qk, h * qk, h * v], dim=-1)
-        q = q.unflatten(-1, (h, qk)).transpose(1, 2)
-        k = k.unflatten(-1, (h, qk)).transpose(1, 2)
-        val = val.unflatten(-1, (h, v)).transpose(1, 2)
-        attn = torch.softmax((q * self.scale) @ k.transpose(-2, -1), dim=-1)
-        attn = F.dropout(attn, self.dropout, self.training)
-        out = self.out_proj((attn @ val).transpose(1, 2).flatten(-2))
+        _, heads = packed_attention(self.in_proj(x), self.num_heads, self.qk_dim, self.v_dim, self.scale,
+                                    self.dropout, self.training)
+        out = self.out_proj(heads)
         return (out if self.batch_first else out.transpose(0, 1)), None
 
 

@@ -84,10 +84,10 @@ class QuantRule:
     - "requantize": ops with integer kernels of their own (add, average pools, concat);
     - "activation": ReLU-like ops after a quantized op: the quantizer moves after them;
     - "passthrough": ops that only move or select values: they reuse their input's quantization;
-    - "decompose": modules and functions that hide their linear layers (nn.MultiheadAttention's packed
-      projection, Swin's window attention): `decompose(module or None, node)` returns (an equivalent module
-      built from nn.Linear layers, the nodes its forward takes) or the reason it cannot (a string), and
-      QuantizeINT8 inlines the module (quant/decompose.py) before planning."""
+    - "decompose": modules that hide their linear layers (nn.MultiheadAttention's packed projection):
+      `decompose(module, node)` returns (an equivalent module built from nn.Linear layers, the nodes its
+      forward takes) or the reason it cannot (a string), and QuantizeINT8 inlines the module
+      (quant/decompose.py) before planning."""
     role: str
     weight_axis: Optional[int] = None
     upper_bound: Optional[Callable] = None        # activation: f(module or node) -> bound, None, or False (not ReLU-like)
