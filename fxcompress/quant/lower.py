@@ -274,10 +274,7 @@ def align_conv_input_channels(model: onnx.ModelProto, alignment: int = INPUT_CHA
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
     producer = {o: n for n in graph.node for o in n.output}
-    consumers: Dict[str, int] = {}
-    for n in graph.node:
-        for name in n.input:
-            consumers[name] = consumers.get(name, 0) + 1
+    consumers = _consumers(graph)
     inserted: Dict[int, list] = {}
     bypassed = []
     for index, node in enumerate(graph.node):
@@ -287,7 +284,7 @@ def align_conv_input_channels(model: onnx.ModelProto, alignment: int = INPUT_CHA
         if x_dq is None or w_dq is None or x_dq.op_type != "DequantizeLinear" or w_dq.op_type != "DequantizeLinear":
             continue
         w_init = inits.get(w_dq.input[0])
-        if w_init is None or consumers.get(w_init.name, 0) != 1 or w_init.data_type != onnx.TensorProto.INT8 \
+        if w_init is None or len(consumers.get(w_init.name, [])) != 1 or w_init.data_type != onnx.TensorProto.INT8 \
                 or len(w_init.dims) < 3 or any(i not in inits for i in x_dq.input[1:]):
             continue
         channels = w_init.dims[1]
@@ -330,13 +327,10 @@ def align_conv_input_channels(model: onnx.ModelProto, alignment: int = INPUT_CHA
 def integer_kernel_check(optimized: onnx.ModelProto, quantized_weights: Dict[str, str]) -> Dict[str, str]:
     """For each int8 weight initializer (name -> label), the op type of the kernel consuming it in the
     optimized graph. Raises VerificationError naming the layers left to float kernels."""
-    consumers: Dict[str, List[str]] = {}
-    for node in optimized.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node.op_type)
+    consumers = _consumers(optimized.graph)
     kinds, missing = {}, []
     for name, label in quantized_weights.items():
-        ops = consumers.get(name, [])
+        ops = [n.op_type for n in consumers.get(name, [])]
         integer = [op for op in ops if op in INTEGER_KERNELS]
         if integer:
             kinds[label] = integer[0]
