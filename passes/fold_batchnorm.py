@@ -1,7 +1,7 @@
 """FoldBatchNorm: merge every eval-mode BatchNorm into the conv/linear that feeds it (exact)."""
 from __future__ import annotations
 
-from fxcompress.fold.batchnorm import fold_batchnorms
+from fxcompress.fold.batchnorm import exact_folds, fold_batchnorms
 from fxcompress.core.pass_base import TransformPass
 
 
@@ -17,3 +17,6 @@ class FoldBatchNorm(TransformPass):
         if skipped:
             metrics["skipped_detail"] = skipped
         return metrics
+
+    def exact_values(self, before, after):
+        return exact_folds(before, after)

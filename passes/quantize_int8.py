@@ -6,7 +6,7 @@ import copy
 import time
 from typing import Optional
 
-from fxcompress.fold.batchnorm import fold_batchnorms
+from fxcompress.fold.batchnorm import exact_folds, fold_batchnorms
 from fxcompress.core.errors import PassError
 from fxcompress.core.pass_base import TransformPass
 from fxcompress.quant.calibrate import calibrate
@@ -73,7 +73,7 @@ class QuantizeINT8(TransformPass):
         gm.recompile()
         if bn_folded:   # checked exactly, like FoldBatchNorm
             compare_exact(lambda x: run_eval(ctx.gm, x), lambda x: run_eval(gm, x), (ctx.gm, gm),
-                          ctx.example_inputs, "QuantizeINT8's BatchNorm folding")
+                          ctx.example_inputs, "QuantizeINT8's BatchNorm folding", exact_folds(ctx.gm, gm))
         record_shapes(gm, ctx.example_inputs)
         decomposed = decompose_modules(gm)   # attention's projections become nn.Linear layers
         if decomposed["decomposed"]:

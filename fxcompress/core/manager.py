@@ -110,7 +110,7 @@ class PassManager:
         check_finite(out, f"after {p.name}")
         if before is not None:
             return compare_exact(lambda x: run_eval(before, x), lambda x: run_eval(ctx.gm, x), (before, ctx.gm),
-                                 ctx.example_inputs, f"{p.name} exactness")
+                                 ctx.example_inputs, f"{p.name} exactness", p.exact_values(before, ctx.gm))
         return {}
 
 

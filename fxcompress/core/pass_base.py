@@ -52,6 +52,12 @@ class TransformPass(Pass):
     # the user's tensors when compile ends gets its own copy of those, the cut ones never duplicated.
     writes_in_place: ClassVar[bool] = True
 
+    def exact_values(self, before, after):
+        """For the exactness check's float64 re-check (core.verify.compare_exact's `exact64`): None, or a
+        function giving, for a tensor of `after` that this pass stored rounded from a float64 value, that
+        value (None for any other tensor). `before` is the model the pass started from."""
+        return None
+
 
 class LoweringPass(Pass):
     """Writes an artefact from ctx.gm. Returns metrics; registers paths with ctx.add_artifact."""

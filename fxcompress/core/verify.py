@@ -4,7 +4,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 from dataclasses import dataclass
-from typing import Any, Callable, List
+from typing import Any, Callable, List, Optional
 
 import torch
 import torch.fx as fx
@@ -99,14 +99,16 @@ def check_finite(out: Any, what: str) -> None:
             raise VerificationError(f"{what}: output {i} contains NaN or Inf")
 
 
-# set inside compare_exact's float64 re-check: run_eval (and what else runs a model for a check, through
-# `float64_check()`) then runs models in float64 without converting them
-_FLOAT64 = contextvars.ContextVar("fxcompress_float64_check", default=False)
+# set inside compare_exact's float64 re-check to the substitute of a model's tensors there: run_eval (and
+# what else runs a model for a check, through `float64_check()`) then runs models in float64 without
+# converting them
+_FLOAT64: contextvars.ContextVar[Optional[Callable[[torch.Tensor], torch.Tensor]]] = \
+    contextvars.ContextVar("fxcompress_float64_check", default=None)
 
 
 def float64_check() -> bool:
     """Whether the code runs inside compare_exact's float64 re-check."""
-    return _FLOAT64.get()
+    return _FLOAT64.get() is not None
 
 
 def as_float64(t: torch.Tensor) -> torch.Tensor:
@@ -130,7 +132,7 @@ def run_eval(module, inputs):
     """Outputs of `module` in eval mode without gradients (`evaluating`). Inside the float64 re-check of
     compare_exact, in float64 on copies of its tensors (`run_substituted`)."""
     with evaluating(module), torch.no_grad():
-        return run_substituted(module, inputs, as_float64) if float64_check() else module(*inputs)
+        return run_substituted(module, inputs, _FLOAT64.get()) if float64_check() else module(*inputs)
 
 
 class _Substituted(fx.Interpreter):
@@ -175,14 +177,17 @@ def run_substituted(model, inputs, substitute: Callable[[torch.Tensor], torch.Te
     return _call_substituted(model, substitute, inputs, {})
 
 
-def compare_exact(expected, actual, modules, example_inputs, what: str) -> dict:
+def compare_exact(expected, actual, modules, example_inputs, what: str,
+                  exact64: Optional[Callable[[torch.Tensor], Optional[torch.Tensor]]] = None) -> dict:
     """An exact rewrite: `actual(inputs)` must equal `expected(inputs)` within TOLERANCES["exact_transform"].
     Float32 rounding alone can exceed that on deep random-weight models (BN folding reorders sums; a
     narrower sum differs from a zero-padded wider one); then both are compared again in float64, where
     rounding cannot hide a real error: `expected` and `actual` get float64 inputs and run_eval runs the
     models in float64, one module at a time on float64 copies of its tensors (`run_substituted`), so no
     model is converted or written (one may be the user's) and the copies never hold more than a module.
-    `modules` are those the two computations use: the re-check is for float32 models."""
+    `modules` are those the two computations use: the re-check is for float32 models. `exact64(t)`, where
+    the transform stored t rounded from a float64 value (BN folding), gives that value (None otherwise):
+    the re-check then tests the rewrite, not the rounding of its stored weights."""
     tol = TOLERANCES["exact_transform"]
     try:
         return {**compare_outputs(actual(example_inputs), expected(example_inputs), tol, what),
@@ -192,7 +197,12 @@ def compare_exact(expected, actual, modules, example_inputs, what: str) -> dict:
         if not tensors or any(t.dtype != torch.float32 for t in tensors):
             raise
     inputs64 = tuple(as_float64(t) for t in example_inputs)
-    token = _FLOAT64.set(True)
+    def substitute(t: torch.Tensor) -> torch.Tensor:
+        exact = exact64(t) if exact64 is not None else None
+        if exact is not None:
+            return exact
+        return as_float64(t)
+    token = _FLOAT64.set(substitute)
     try:
         result = compare_outputs(actual(inputs64), expected(inputs64), tol, what + " (float64)")
     finally:

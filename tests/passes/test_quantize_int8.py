@@ -340,3 +340,13 @@ def test_dead_or_minute_channel_keeps_the_lowering_exact(tmp_path, tiny):
                                 (calib[0],), calib_loader=calib, val_loader=held, progress=False)
     m = result.report.records[-1].metrics
     assert m["snr_lower_db"] >= m["snr_quant_db"] + 30
+
+
+def test_quantize_batchnorm_folding_check_uses_the_exact_fold():
+    """The float32 rounding of folded weights, amplified past the tolerance, is not a folding error."""
+    from tests.passes.test_fold_batchnorm import Cancelling
+    torch.manual_seed(0)
+    model = Cancelling().eval()
+    x = torch.randn(64, 16)
+    result = fxcompress.compile(model, [QuantizeINT8()], x, calib_loader=[(x, torch.zeros(64))], progress=False)
+    assert result.report.records[0].metrics["bn_folded"] == 1
