@@ -156,11 +156,21 @@ class IntegerEmulation(nn.Module):
         return self._requantized(acc.float() * scale)
 
 
-def _global_pool(node: fx.Node) -> bool:
-    """An average pool to one value per channel (what onnxruntime runs as QLinearGlobalAveragePool)."""
+_ADAPTIVE_AVERAGE_POOLS = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
+
+
+def _global_pool(node: fx.Node, modules) -> bool:
+    """An adaptive average pool to one value per channel: what the exporter writes as GlobalAveragePool and
+    onnxruntime runs as QLinearGlobalAveragePool. A fixed-kernel pool with a 1x1 output is not one (with
+    padding, count_include_pad divides a 1x1 map by the kernel's area: inception_v3's Mixed_7 branch
+    pools); onnxruntime runs it as QLinearAveragePool, whose float requantization the model computes."""
     meta = node.meta.get("tensor_meta")
-    return meta is not None and hasattr(meta, "shape") and len(meta.shape) > 2 and \
-        all(s == 1 for s in meta.shape[2:])
+    if meta is None or not hasattr(meta, "shape") or len(meta.shape) <= 2 or any(s != 1 for s in meta.shape[2:]):
+        return False
+    if node.op == "call_module":
+        return isinstance(modules.get(node.target), _ADAPTIVE_AVERAGE_POOLS)
+    return node.op == "call_function" and node.target in (F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
+                                                          F.adaptive_avg_pool3d)
 
 
 def _quantizer_of(node, modules) -> Optional[ActivationQuantizer]:
@@ -235,7 +245,7 @@ def install_integer_emulation(gm: fx.GraphModule, weighted: Dict[str, nn.Module]
             qs = [_quantizer_of(a, modules) for a in node.args]
             if all(q is not None for q in qs):
                 kind, inputs, args = "add", qs, tuple(node.args)
-        elif rule_for(node, modules) is AVERAGE_POOL and _global_pool(node) and node.args:
+        elif rule_for(node, modules) is AVERAGE_POOL and _global_pool(node, modules) and node.args:
             qx = _quantizer_of(node.args[0], modules)
             if qx is not None:
                 kind, inputs, args = "global_average_pool", [qx], (node.args[0],)
