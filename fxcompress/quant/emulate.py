@@ -18,7 +18,8 @@ gate and brought onnxruntime vs fake-quant down to 16.5 dB (quantization: 6.7 dB
 computes the approximation as the kernel onnxruntime dispatches to on this CPU does (which one: probed
 once per process, `ort_logistic_variant`; the float kernels live in `ort_float_ops.py`); without a bit-exact match torch's own sigmoid is kept. And the
 QuantizeLinear that follows a float op rounds x / s (MLAS divides), where torch.fake_quantize_* rounds
-x * (1 / s): ~2e-6 of the codes of a float tensor differ (ActivationQuantizer.divide). BatchNorms that
+x * (1 / s): ~2e-6 of the codes of a float tensor differ (ActivationQuantizer.divide), except for a
+constant, which the exporter quantizes itself with torch's rounding. BatchNorms that
 FoldBatchNorm leaves (densenet121's after each concatenation) run as onnxruntime's float BatchNormalization,
 whose output differs from torch's BatchNorm on ~40% of the values (another reciprocal square root, no fused
 multiply-add: `ort_batch_norm`, probed as well): with these emulated densenet121's 251 quantizers agree bit
@@ -197,6 +198,22 @@ def _output_quantizer(node: fx.Node, modules) -> Optional[ActivationQuantizer]:
     return None
 
 
+def _quantizers_of_constants(gm: fx.GraphModule, modules) -> set:
+    """Activation quantizers whose every input is a constant (computed from the module's tensors alone, as
+    Swin v2's relative-coordinate table): the exporter folds such a QuantizeLinear into uint8 codes with
+    torch's own rounding, x * (1 / s), not onnxruntime's x / s (swin_v2_t: 1.056641697883606 / s = 127.5,
+    code 255 in onnxruntime, 254 in the file)."""
+    varying = set()
+    calls: Dict[str, list] = {}
+    for node in gm.graph.nodes:
+        if node.op == "placeholder" or any(a in varying for a in node.all_input_nodes):
+            varying.add(node)
+        if node.op == "call_module" and isinstance(modules.get(node.target), ActivationQuantizer):
+            calls.setdefault(node.target, []).append(node)
+    return {name for name, nodes in calls.items()
+            if all(not any(a in varying for a in n.all_input_nodes) for n in nodes)}
+
+
 def install_integer_emulation(gm: fx.GraphModule, weighted: Dict[str, nn.Module]) -> dict:
     """Insert IntegerEmulation nodes after the quantized convs/linears with a quantized output, after the
     adds of two quantized tensors, after global average pools, and after the float ops onnxruntime runs
@@ -206,9 +223,10 @@ def install_integer_emulation(gm: fx.GraphModule, weighted: Dict[str, nn.Module]
     modules = dict(gm.named_modules())
     counts = {"emulated_layers": 0, "emulated_adds": 0, "emulated_pools": 0, "emulated_sigmoids": 0,
               "emulated_batch_norms": 0}
-    for m in modules.values():
+    constant_only = _quantizers_of_constants(gm, modules)
+    for name, m in modules.items():
         if isinstance(m, ActivationQuantizer):
-            m.divide = True
+            m.divide = name not in constant_only
     variant = bn_variant = None
     for node in list(gm.graph.nodes):
         bn = float_batch_norm(node, modules)

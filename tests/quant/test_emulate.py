@@ -7,6 +7,7 @@ import torch.nn.functional as F
 import fxcompress
 from fxcompress.passes import ExportONNX, QuantizeINT8
 from fxcompress.quant.emulate import IntegerEmulation
+from fxcompress.quant.fake_quant import ActivationQuantizer
 
 
 class PaddedPoolOnOnePixel(nn.Module):
@@ -35,3 +36,28 @@ def test_padded_pool_with_a_one_pixel_output_is_not_a_global_pool(tmp_path):
     assert emulated.count("global_average_pool") == 1    # the adaptive pool only
     export = result.report.records[-1].metrics
     assert export["snr_lower_db"] >= export["snr_lower_required_db"]
+
+
+class ConstantTable(nn.Module):
+    """Swin v2's relative-position MLP: a linear layer on a constant buffer, added to the input's path."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("table", torch.linspace(-1.1, 1.1, 64).reshape(16, 4))
+        self.mlp = nn.Linear(4, 8)
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x):
+        return self.fc(x) + self.mlp(self.table).sum(0)
+
+
+def test_a_constant_is_quantized_as_the_exporter_folds_it_not_as_onnxruntime_would(tmp_path):
+    """The exporter folds QuantizeLinear of a constant into codes with torch's rounding (x * (1/s)), where
+    onnxruntime divides; swin_v2_t's table has an x with x / s = 127.5 exactly, 254 in the file, 255 by division."""
+    torch.manual_seed(0)
+    calib = [(torch.randn(16, 8), torch.zeros(16)) for _ in range(2)]
+    result = fxcompress.compile(ConstantTable().eval(), [QuantizeINT8(), ExportONNX(str(tmp_path / "m.onnx"))],
+                                torch.randn(2, 8), calib_loader=calib, val_loader=calib, progress=False)
+    divides = {name: m.divide for name, m in result.model.named_modules() if isinstance(m, ActivationQuantizer)}
+    assert divides == {"act_quant_x": True, "act_quant_table": False, "act_quant_fc": True, "act_quant_mlp": False,
+                       "act_quant_sum_1": False, "act_quant_add": True}
