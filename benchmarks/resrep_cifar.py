@@ -73,7 +73,7 @@ def run_variant(variant: str, reference, data, args) -> dict:
         q = fxcompress.compile(pruned, [QuantizeINT8(method="kl"), ExportONNX(int8)], X, calib_loader=calib,
                                val_loader=test, progress=False)
         int8_export, int8_error = {k: v for k, v in q.report.records[-1].metrics.items()
-                                   if k in ("snr_quant_db", "snr_lower_db", "snr_lower_required_db",
+                                   if k in ("snr_quant_db", "snr_lower_db", "max_code_step", "code_flip_fraction",
                                             "int8_mac_fraction", "integer_kernels")}, None
     except fxcompress.FxCompressError as e:
         int8_export, int8_error = {}, f"{type(e).__name__}: {e}"

@@ -20,9 +20,11 @@ class ExportONNX(LoweringPass):
     computes, on the example inputs and (with `dynamic_batch`) on a batch of another size:
     - a float model: relative error below TOLERANCES["onnx_fp32"];
     - a fake-quant model (after QuantizeINT8, read from the graph itself): a genuinely INT8 file, every
-      quantized layer in an integer kernel of onnxruntime's optimized graph, and onnxruntime vs the
-      fake-quant model at least TOLERANCES["int8_lowering_margin_db"] dB above the quantization noise
-      (on up to 64 held-out samples of val_loader when there is one; see fxcompress.quant.check).
+      quantized layer in an integer kernel of onnxruntime's optimized graph, and, quantizer by quantizer,
+      onnxruntime's codes those of the fake-quant model given onnxruntime's own inputs (at most one step
+      apart, on at most TOLERANCES["int8_code_flip_fraction"] of a quantizer's codes), on the first
+      held-out batch of val_loader when there is one; end-to-end SNRs on up to 64 held-out samples are
+      reported (see fxcompress.quant.check).
 
         fxcompress.compile(model, [FoldBatchNorm(), QuantizeINT8(), ExportONNX("model.onnx")], x,
                            calib_loader=calib, val_loader=val)
