@@ -3,6 +3,8 @@ The ExportONNX pass is built on this."""
 from __future__ import annotations
 
 import io
+import os
+import tempfile
 import warnings
 from typing import Callable, List, Optional, Sequence
 
@@ -25,17 +27,33 @@ def to_onnx_proto(module: torch.nn.Module, example_inputs: Sequence[torch.Tensor
         n_out = len(_flat(module(*example_inputs)))
     output_names = ["output"] if n_out == 1 else [f"output{i}" for i in range(n_out)]
     axes = {n: {0: "batch"} for n in input_names + output_names} if dynamic_batch else None
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
+    kwargs = dict(opset_version=opset or DEFAULT_OPSET, input_names=input_names, output_names=output_names,
+                  dynamic_axes=axes, do_constant_folding=True, dynamo=False)
+    large = _tensor_bytes(module) > _PROTOBUF_LIMIT
+    with warnings.catch_warnings(), tempfile.TemporaryDirectory() as tmp:
         warnings.simplefilter("ignore")
         try:
-            torch.onnx.export(module, tuple(example_inputs), buf, opset_version=opset or DEFAULT_OPSET,
-                              input_names=input_names, output_names=output_names, dynamic_axes=axes,
-                              do_constant_folding=True, dynamo=False)
+            if not large:
+                buf = io.BytesIO()
+                torch.onnx.export(module, tuple(example_inputs), buf, **kwargs)
+                return onnx.load_from_string(buf.getvalue())
+            # over protobuf's 2 GiB a file can only be written with its tensors beside it (external data);
+            # read back, the model lives in memory whole (an INT8 lowering then brings it under the limit)
+            path = os.path.join(tmp, "model.onnx")
+            torch.onnx.export(module, tuple(example_inputs), path, **kwargs)
+            return onnx.load(path)
         except Exception as e:
             raise ExportError(f"torch.onnx.export failed for {type(module).__name__}: {type(e).__name__}: "
                               f"{str(e).splitlines()[0] if str(e) else ''}") from e
-    return onnx.load_from_string(buf.getvalue())
+
+
+# protobuf cannot serialize a message of 2 GiB or more; with the graph itself, export stays well under
+_PROTOBUF_MAX = 2 ** 31
+_PROTOBUF_LIMIT = 1.8 * 2 ** 30
+
+
+def _tensor_bytes(module: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))
 
 
 def _flat(out):
@@ -46,6 +64,10 @@ def _flat(out):
 def save_checked(proto: onnx.ModelProto, path: str, check: Optional[Callable[[str], dict]] = None) -> dict:
     """Check `proto` with onnx.checker, write it to a temp file, run `check(tmp_path)`, then rename onto path.
     Nothing is left at `path` if any step fails."""
+    if proto.ByteSize() >= _PROTOBUF_MAX:
+        raise ExportError(f"the ONNX model is {proto.ByteSize() / 2 ** 30:.1f} GiB, over protobuf's 2 GiB: one file "
+                          f"cannot hold it (quantize it to INT8 first, a quarter of the size, or export a smaller "
+                          f"model); {path} was not written")
     try:
         onnx.checker.check_model(proto, full_check=False)
     except onnx.checker.ValidationError as e:
