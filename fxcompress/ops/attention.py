@@ -15,10 +15,13 @@ import inspect
 import math
 
 import numpy as np
+import torch
+import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attention_modules import PrunedMultiheadAttention, SelfAttentionAsLinears, window_attention
+from .attention_modules import (PrunedMultiheadAttention, SelfAttentionAsLinears, WindowAttentionAsLinears,
+                                window_attention)
 from .registry import COUPLING, MACS, QUANT, RESIZE, QuantRule, numel, optional
 
 SWIN_ATTENTION = optional("torchvision.models.swin_transformer", "shifted_window_attention")
@@ -191,10 +194,7 @@ MHA_ARGS = inspect.signature(nn.MultiheadAttention.forward)
 
 
 def self_attention_as_linears(m, node):
-    """(SelfAttentionAsLinears, its inputs) for a self-attention call without masks, or why not (a string).
-    Swin's window attention is decomposed the same way in commit 3f1c8d7, not registered yet: with its
-    projections quantized swin_t's INT8 check margin falls to 7.1 dB (float LayerNorm, GELU and softmax are
-    not yet emulated bit for bit; swin_v2_t passes with 95.2 % of its MACs in integer kernels)."""
+    """(SelfAttentionAsLinears, its inputs) for a self-attention call without masks, or why not (a string)."""
     try:
         call = MHA_ARGS.bind(m, *node.args, **node.kwargs).arguments
     except TypeError as e:
@@ -211,5 +211,46 @@ def self_attention_as_linears(m, node):
     return SelfAttentionAsLinears(m, m.head_dim, m.head_dim, 1.0 / math.sqrt(m.head_dim)), [call["query"]]
 
 
+def _linear(gm: fx.GraphModule, weight, bias) -> nn.Linear:
+    """An nn.Linear sharing the parameters two get_attr nodes read."""
+    w = gm.get_parameter(weight.target)
+    linear = nn.Linear(w.shape[1], w.shape[0], bias=bias is not None)
+    linear.weight = w
+    if bias is not None:
+        linear.bias = gm.get_parameter(bias.target) if isinstance(bias, fx.Node) else bias
+    return linear
+
+
+def window_attention_as_linears(_, node):
+    """(WindowAttentionAsLinears, its inputs) for a shifted_window_attention / window_attention call whose
+    weights are parameters and whose input size is known, or why not (a string)."""
+    kw = dict(node.kwargs)
+    kw.update(zip(WINDOW_ATTENTION_ARGS, node.args))
+    gm, x = node.graph.owning_module, kw["input"]
+    meta = x.meta.get("tensor_meta") if isinstance(x, fx.Node) else None
+    tensors = [kw.get(k) for k in ("qkv_weight", "proj_weight", "qkv_bias", "proj_bias")]
+    if meta is None or len(meta.shape) != 4:
+        return "input size unknown"
+    if any(t is not None and not (isinstance(t, fx.Node) and t.op == "get_attr") for t in tensors):
+        return "projection weights are computed, not parameters"
+    heads, (_, H, W, C) = kw["num_heads"], meta.shape
+    rows = gm.get_parameter(kw["qkv_weight"].target).shape[0]
+    qk = kw.get("qk_dim", rows // 3 // heads)
+    qkv_bias = kw.get("qkv_bias")
+    if kw.get("logit_scale") is not None and qkv_bias is not None:   # Swin v2 has no key bias: it is zeroed
+        b = gm.get_parameter(qkv_bias.target)
+        keep = torch.ones_like(b)
+        keep[heads * qk:2 * heads * qk] = 0
+        qkv_bias = nn.Parameter((b * keep).detach())
+    module = WindowAttentionAsLinears(
+        _linear(gm, kw["qkv_weight"], qkv_bias), _linear(gm, kw["proj_weight"], kw.get("proj_bias")), [H, W],
+        list(kw["window_size"]), heads, list(kw["shift_size"]), qk, kw.get("v_dim", qk),
+        kw.get("scale", 1.0 / math.sqrt(C // heads)), kw.get("attention_dropout", 0.0), kw.get("dropout", 0.0))
+    inputs = [x, kw["relative_position_bias"]] + ([kw["logit_scale"]] if kw.get("logit_scale") is not None else [])
+    return module, inputs
+
+
 QUANT.register(nn.MultiheadAttention, PrunedMultiheadAttention,
                rule=QuantRule("decompose", decompose=self_attention_as_linears))
+QUANT.register(SWIN_ATTENTION, window_attention,
+               rule=QuantRule("decompose", decompose=window_attention_as_linears))

@@ -152,3 +152,56 @@ def window_attention(input: torch.Tensor, qkv_weight: torch.Tensor, proj_weight:
     if sum(shift) > 0:
         x = torch.roll(x, shifts=(shift[0], shift[1]), dims=(1, 2))
     return x[:, :H, :W, :].contiguous()
+
+
+class WindowAttentionAsLinears(nn.Module):
+    """torchvision's shifted window attention (Swin v1 and v2; `window_attention` once pruned) for one input
+    size (H, W), with the q/k/v and output projections as nn.Linear layers, so that INT8 quantization sees
+    them (QuantizeINT8 inlines it; see QUANT's "decompose" rule in ops.attention). Padding, shifts and the
+    window mask are fixed by the input size, which makes the forward traceable; the batch stays free.
+    forward(x, relative_position_bias[, logit_scale]) computes what the replaced call computes."""
+
+    def __init__(self, qkv: nn.Linear, proj: nn.Linear, hw: List[int], window_size: List[int], num_heads: int,
+                 shift_size: List[int], qk_dim: int, v_dim: int, scale: float, attention_dropout: float = 0.0,
+                 dropout: float = 0.0):
+        super().__init__()
+        self.qkv, self.proj = qkv, proj
+        (H, W), (w0, w1) = hw, window_size
+        self.hw, self.window = (H, W), (w0, w1)
+        self.pads = ((w1 - W % w1) % w1, (w0 - H % w0) % w0)
+        self.padded = (H + self.pads[1], W + self.pads[0])
+        self.shift = (0 if w0 >= self.padded[0] else shift_size[0], 0 if w1 >= self.padded[1] else shift_size[1])
+        self.num_heads, self.qk_dim, self.v_dim, self.scale = num_heads, qk_dim, v_dim, scale
+        self.attention_dropout, self.dropout = attention_dropout, dropout
+        self.n_windows = (self.padded[0] // w0) * (self.padded[1] // w1)
+        mask = _window_mask(torch.zeros(()), *self.padded, list(self.window), list(self.shift)) \
+            if sum(self.shift) > 0 else None
+        self.register_buffer("mask", mask, persistent=False)
+
+    def forward(self, x, relative_position_bias, logit_scale=None):
+        (H, W), (ph, pw), (w0, w1), (s0, s1) = self.hw, self.padded, self.window, self.shift
+        h, qk, v, n = self.num_heads, self.qk_dim, self.v_dim, self.window[0] * self.window[1]
+        c_in, c_out = self.qkv.in_features, self.proj.out_features
+        x = F.pad(x, (0, 0, 0, self.pads[0], 0, self.pads[1]))
+        if s0 + s1 > 0:
+            x = torch.roll(x, shifts=(-s0, -s1), dims=(1, 2))
+        x = x.view(-1, ph // w0, w0, pw // w1, w1, c_in).permute(0, 1, 3, 2, 4, 5).reshape(-1, n, c_in)
+        q, k, val = self.qkv(x).split([h * qk, h * qk, h * v], dim=-1)
+        q = q.reshape(-1, n, h, qk).transpose(1, 2)
+        k = k.reshape(-1, n, h, qk).transpose(1, 2)
+        val = val.reshape(-1, n, h, v).transpose(1, 2)
+        if logit_scale is not None:   # Swin v2: cosine attention
+            attn = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)
+            attn = attn * torch.clamp(logit_scale, max=math.log(100.0)).exp()
+        else:
+            attn = (q * self.scale).matmul(k.transpose(-2, -1))
+        attn = attn + relative_position_bias
+        if self.mask is not None:
+            attn = (attn.view(-1, self.n_windows, h, n, n) + self.mask.unsqueeze(1).unsqueeze(0)).view(-1, h, n, n)
+        attn = F.dropout(F.softmax(attn, dim=-1), p=self.attention_dropout, training=self.training)
+        x = attn.matmul(val).transpose(1, 2).reshape(-1, n, h * v)
+        x = F.dropout(self.proj(x), p=self.dropout, training=self.training)
+        x = x.view(-1, ph // w0, pw // w1, w0, w1, c_out).permute(0, 1, 3, 2, 4, 5).reshape(-1, ph, pw, c_out)
+        if s0 + s1 > 0:
+            x = torch.roll(x, shifts=(s0, s1), dims=(1, 2))
+        return x[:, :H, :W, :].contiguous()

@@ -84,3 +84,43 @@ def test_pruned_attention_decomposes_too(tmp_path):
     assert type(result.model.get_submodule("attn")).__name__ == "PrunedMultiheadAttention"
     quant = _int8(result.model, str(tmp_path / "p.onnx")).report.records[0].metrics
     assert quant["decomposed"] == ["attn"] and quant["unquantized_layers"] == []
+
+
+class SwinStage(nn.Module):
+    """Two torchvision Swin blocks (the second shifted) and a classifier, on [batch, H, W, C]."""
+
+    def __init__(self, v2=False, d=16):
+        super().__init__()
+        from torchvision.models.swin_transformer import SwinTransformerBlock, SwinTransformerBlockV2
+        block = SwinTransformerBlockV2 if v2 else SwinTransformerBlock
+        self.blocks = nn.Sequential(block(d, 2, [4, 4], [0, 0]), block(d, 2, [4, 4], [2, 2]))
+        self.head = nn.Linear(d, 10)
+
+    def forward(self, x):
+        return self.head(self.blocks(x).mean((1, 2)))
+
+
+SWIN_X = torch.randn(2, 8, 8, 16)
+
+
+@pytest.mark.parametrize("v2", [False, True])
+def test_swin_window_attention_decomposes_exactly_and_runs_its_projections_as_qgemm(v2, tmp_path):
+    torch.manual_seed(0)
+    model = SwinStage(v2).eval()
+    gm = trace(model)
+    from fxcompress.graph.shapes import record_shapes
+    record_shapes(gm, (SWIN_X,))
+    report = decompose_modules(gm)
+    assert len(report["decomposed"]) == 2 and report["kept"] == {}
+    with torch.no_grad():
+        torch.testing.assert_close(gm(SWIN_X), model(SWIN_X), rtol=1e-5, atol=1e-6)
+    g = torch.Generator().manual_seed(1)
+    calib = [torch.randn(4, 8, 8, 16, generator=g) for _ in range(3)]
+    result = fxcompress.compile(model, [QuantizeINT8(progress=False), ExportONNX(str(tmp_path / "s.onnx"))],
+                                (SWIN_X,), calib_loader=calib, val_loader=calib[:1], progress=False)
+    quant, export = result.report.records[0].metrics, result.report.records[-1].metrics
+    assert len(quant["decomposed"]) == 2 and quant["unquantized_layers"] == []
+    # per block: qkv, proj, two MLP layers (+ Swin v2's relative-position MLP, two layers); the head
+    assert export["integer_kernels"] == {"QGemm": 2 * (4 + 2 * v2) + 1}
+    # the attention products stay float: 12% of the MACs at 16 features and 16 tokens a window (swin_t: 5%)
+    assert export["int8_mac_fraction"] > 0.85 and export["max_code_step"] <= 1
