@@ -58,4 +58,4 @@ def test_every_quantizer_call_is_compared_and_agrees(tmp_path):
                 and isinstance(gm.get_submodule(n.target), ActivationQuantizer))
     stats = compare_codes(onnx.load(path), gm, calib[0][:1])
     assert stats["quantizer_calls_compared"] == calls and not stats["quantizers_not_in_file"]
-    assert stats["max_code_step"] == 0 and stats["snr_forced_db"] > 60
+    assert stats["max_code_step"] <= 1 and stats["snr_forced_db"] > 60

@@ -75,7 +75,7 @@ def test_both_attention_projections_run_as_qgemm(tmp_path):
     assert quant["unquantized_layers"] == []
     assert export["integer_kernels"] == {"QGemm": 5}   # in_proj, out_proj, two MLP layers, head
     assert export["int8_mac_fraction"] > 0.9           # the attention products stay float
-    assert export["max_code_step"] == 0
+    assert export["max_code_step"] <= 1
 
 
 def test_pruned_attention_decomposes_too(tmp_path):

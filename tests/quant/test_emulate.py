@@ -35,7 +35,7 @@ def test_padded_pool_with_a_one_pixel_output_is_not_a_global_pool(tmp_path):
     emulated = [m.kind for m in result.model.modules() if isinstance(m, IntegerEmulation)]
     assert emulated.count("global_average_pool") == 1    # the adaptive pool only
     export = result.report.records[-1].metrics
-    assert export["max_code_step"] == 0
+    assert export["max_code_step"] <= 1
 
 
 class ConstantTable(nn.Module):
