@@ -4,7 +4,9 @@ fraction of one quantizer's codes that differ, and where), the SNR of the output
 codes; and, reported, what quantization costs (SNR of the fake-quant model vs float) and the end-to-end SNR of
 onnxruntime INT8 vs the fake-quant model on held-out inputs (val_loader), every output.
 
-    python benchmarks/int8_check.py [--models cifar_resnet20 resnet18 ...] [--size 64]
+    python benchmarks/int8_check.py [--models cifar_resnet20 resnet18 ...] [--size 64] [--figure F.png]
+    python benchmarks/int8_check.py --models zoo --threads 1 --out benchmarks/results/int8_zoo.json \
+        --figure figs/int8_zoo.png      # all 80 torchvision classifiers and the trained ResNet-20
 
 Random-weight torchvision models get realistic BatchNorm statistics (models.random_init) and random
 images (calibration and held-out drawn apart); the reference CIFAR-10 ResNet-20 (../shared/models) is
@@ -59,6 +61,39 @@ def build(name: str, size: int):
     return model.eval(), calib, held
 
 
+def plot(rows, path: str) -> None:
+    """Per model: the share of MACs in integer kernels, the largest fraction of a quantizer's codes that
+    differ from onnxruntime's (the check's limit drawn), and the end-to-end vs forced-codes SNR."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = [r for r in rows if r.get("passed")]
+    x = range(len(rows))
+    fig, axes = plt.subplots(3, 1, figsize=(max(10, len(rows) * 0.22), 9), sharex=True)
+    axes[0].bar(x, [100 * r["int8_mac_fraction"] for r in rows], color="tab:blue")
+    axes[0].axhline(90, color="k", lw=0.8, ls="--")
+    axes[0].set_ylim(80, 100.5)
+    axes[0].set_ylabel("MACs in integer\nkernels (%)")
+    floor = 1e-6
+    axes[1].bar(x, [max(r["code_flip_fraction"], floor) for r in rows], color="tab:orange")
+    axes[1].axhline(TOLERANCES["int8_code_flip_fraction"], color="k", lw=0.8, ls="--", label="check's limit")
+    axes[1].set_yscale("log")
+    axes[1].set_ylim(floor, 1e-2)
+    axes[1].set_ylabel("codes flipped\n(worst quantizer)")
+    axes[1].legend(loc="upper left", fontsize=8)
+    axes[2].plot(x, [r["snr_lower_db"] for r in rows], "o", ms=3, label="end to end (reported)")
+    axes[2].plot(x, [r["snr_forced_db"] for r in rows], "s", ms=3, label="from forced codes (>= 60 dB required)")
+    axes[2].plot(x, [r["snr_quant_db"] for r in rows], "^", ms=3, label="quantization itself")
+    axes[2].set_ylabel("SNR vs fake-quant (dB)")
+    axes[2].legend(loc="lower left", fontsize=8)
+    axes[2].set_xticks(list(x))
+    axes[2].set_xticklabels([r["model"] for r in rows], rotation=90, fontsize=7)
+    fig.suptitle(f"INT8 check over {len(rows)} models (FoldBatchNorm + QuantizeINT8(kl) + ExportONNX)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="*", default=MODELS, help="model names, or 'zoo' for every torchvision "
@@ -66,7 +101,13 @@ def main(argv=None):
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--out", default=os.path.join(HERE, "results", "int8_check.json"))
     p.add_argument("--threads", type=int, default=2, help="torch threads (onnxruntime's own default)")
+    p.add_argument("--figure", help="also draw the per-model figure here (e.g. figs/int8_zoo.png)")
+    p.add_argument("--plot-only", metavar="RESULTS_JSON", help="only draw --figure from an existing results file")
     args = p.parse_args(argv)
+    if args.plot_only:
+        with open(args.plot_only) as f:
+            plot(json.load(f)["rows"], args.figure or os.path.splitext(args.plot_only)[0] + ".png")
+        return
     torch.set_num_threads(args.threads)
     if args.models == ["zoo"]:
         import torchvision
@@ -118,6 +159,8 @@ def main(argv=None):
            "tolerances": {k: v for k, v in TOLERANCES.items() if k.startswith("int8")}, "rows": rows}
     atomic_write_text(args.out, json.dumps(out, indent=2))
     os.remove(partial)
+    if args.figure:
+        plot(rows, args.figure)
 
 
 if __name__ == "__main__":
