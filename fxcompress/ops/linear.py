@@ -3,9 +3,9 @@
 MACs: every output element costs one weight row. Channels: output features with weight rows and bias,
 input features with weight columns; all leading dims pass through. INT8: a 2-D linear lowers to Gemm,
 which onnxruntime runs as QGemm, with float output when its bias is int32 (a final classifier keeps
-float logits); on N-D inputs torch exports MatMul + Add, which the lowering rewrites into the same Gemm
-between reshapes of the uint8 input and output (quant/lower.py: linear_matmuls_to_gemm), so the output is
-quantized there. BatchNorm folds into the weight rows.
+float logits); on N-D inputs torch exports MatMul + Add, which the lowering rewrites (quant/lower_linear.py:
+lower_nd_linears) into a 1x1 QLinearConv over the rows, or a 2-D Gemm between reshapes of the uint8 input
+and output, so the output is quantized there. BatchNorm folds into the weight rows.
 """
 from __future__ import annotations
 

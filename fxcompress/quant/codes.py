@@ -67,16 +67,18 @@ def probed_model(model: onnx.ModelProto, quantizers: Dict[str, int]) -> tuple:
     one = "fxcompress_probe_one"
     probed.graph.initializer.append(numpy_helper.from_array(np.array(1.0, np.float32), one))
     probes: Dict[str, Dict[int, str]] = defaultdict(dict)
+    found = []
     for node in list(probed.graph.node):
-        if node.op_type != "QuantizeLinear" or node.input[0] in inits or len(node.input) < 2:
-            continue
-        found = _quantizer_of(node, quantizers)
-        if found is None:
-            continue
-        name, call = found
+        if node.op_type == "QuantizeLinear" and node.input[0] not in inits and len(node.input) >= 2:
+            which = _quantizer_of(node, quantizers)
+            if which is not None:
+                found.append((node, *which))
+    # calls named by their scope first; a node known by its scale only (a lowering's helper, or a scope the
+    # exporter did not name) takes the next call left, in graph order
+    for node, name, call in sorted(found, key=lambda f: f[2] is None):
         calls = probes[name]
-        call = call if call is not None else len(calls)
-        if call in calls:
+        call = call if call is not None else next(k for k in range(len(calls) + 1) if k not in calls)
+        if call in calls or call >= quantizers[name]:
             continue
         out = f"fxcompress_probe_{len(probed.graph.output)}"
         probed.graph.node.append(helper.make_node("DequantizeLinear", [node.output[0], one], [out]))

@@ -7,13 +7,15 @@ input scale x weight scale), the form onnxruntime's QDQ fusion turns into QLinea
 """
 from __future__ import annotations
 
-from typing import Dict, Iterable, List
+from typing import Dict, Iterable
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
 from ..core.errors import VerificationError
+from .lower_linear import lower_nd_linears
+from .onnx_nodes import consumers
 
 INTEGER_KERNELS = ("QLinearConv", "ConvInteger", "QGemm", "QLinearMatMul", "MatMulInteger", "MatMulIntegerToFloat",
                    "DynamicQuantizeMatMul", "QAttention")
@@ -23,7 +25,7 @@ def lower_int8(model: onnx.ModelProto, folded: Dict[str, str] = None) -> onnx.Mo
     """The exported fake-quant graph as a genuinely INT8 model: int8 weight initializers, int32 biases,
     convs with input channels aligned for onnxruntime's fast kernel. `folded` receives
     {int8 initializer name: float weight name} (see fold_weight_quantizers)."""
-    model = linear_matmuls_to_gemm(fold_weight_quantizers(model, folded))
+    model = lower_nd_linears(fold_weight_quantizers(model, folded))
     return align_conv_input_channels(quantize_biases(model))
 
 
@@ -85,130 +87,6 @@ def fold_weight_quantizers(model: onnx.ModelProto, folded: Dict[str, str] = None
     graph.node.extend(keep)
     _drop_initializers(graph, {n for n in drop_inits if n not in used})
     return model
-
-
-def _consumers(graph) -> Dict[str, List[onnx.NodeProto]]:
-    users: Dict[str, List[onnx.NodeProto]] = {}
-    for n in graph.node:
-        for name in n.input:
-            users.setdefault(name, []).append(n)
-    return users
-
-
-def linear_matmuls_to_gemm(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A quantized linear layer on a 3-D or 4-D input (transformer MLPs, ConvNeXt's pointwise layers) is
-    exported as DQ(W) -> Transpose -> MatMul -> Add(bias), which onnxruntime cannot fuse (constant folding
-    turns the int8 weight back to float). Rewrite it as the 2-D linear it is: the uint8 input reshaped to
-    [-1, in] before its DequantizeLinear, Gemm(transB=1) with the bias (quantize_biases makes it int32:
-    QGemm), and the uint8 output (its QuantizeLinear, after a ReLU if there is one) reshaped back to the
-    input's leading dims + [out] before its DequantizeLinear. Integer values are unchanged: the fake-quant
-    model emulates QGemm for linear layers of any rank."""
-    graph = model.graph
-    inits = {i.name: i for i in graph.initializer}
-    producer = {o: n for n in graph.node for o in n.output}
-    users = _consumers(graph)
-    before: Dict[int, list] = {}
-    after: Dict[int, list] = {}
-    dead = set()
-    index = {id(n): i for i, n in enumerate(graph.node)}
-    for node in graph.node:
-        if node.op_type != "MatMul":
-            continue
-        transpose, x_dq = producer.get(node.input[1]), producer.get(node.input[0])
-        if transpose is None or transpose.op_type != "Transpose" or x_dq is None \
-                or x_dq.op_type != "DequantizeLinear" or any(i not in inits for i in x_dq.input[1:]):
-            continue
-        w_dq = producer.get(transpose.input[0])
-        if w_dq is None or w_dq.op_type != "DequantizeLinear" or w_dq.input[0] not in inits \
-                or len(inits[w_dq.input[0]].dims) != 2 or len(users.get(transpose.output[0], [])) != 1 \
-                or len(users.get(w_dq.output[0], [])) != 1:
-            continue
-        n_out, n_in = inits[w_dq.input[0]].dims
-        out, bias = node.output[0], None
-        add = users.get(out, [])
-        if len(add) == 1 and add[0].op_type == "Add":
-            other = [i for i in add[0].input if i != out]
-            if len(other) == 1 and other[0] in inits and list(inits[other[0]].dims) == [n_out]:
-                bias, out = other[0], add[0].output[0]
-                dead.add(id(add[0]))
-        tag = node.name or out
-        names = {k: f"{tag}_as_gemm_{k}" for k in ("flat_shape", "x_q2d", "x_dq2d", "shape", "lead", "out_dims",
-                                                   "back_shape", "y")}
-        graph.initializer.append(numpy_helper.from_array(np.array([-1, n_in], dtype=np.int64), names["flat_shape"]))
-        graph.initializer.append(numpy_helper.from_array(np.array([n_out], dtype=np.int64), names["out_dims"]))
-        x_q = x_dq.input[0]
-        new = [helper.make_node("Reshape", [x_q, names["flat_shape"]], [names["x_q2d"]], name=f"{tag}_flatten"),
-               helper.make_node("DequantizeLinear", [names["x_q2d"]] + list(x_dq.input[1:]), [names["x_dq2d"]],
-                                name=f"{tag}_DequantizeLinear"),
-               helper.make_node("Shape", [x_q], [names["shape"]], name=f"{tag}_Shape", start=0, end=-1),
-               helper.make_node("Concat", [names["shape"], names["out_dims"]], [names["back_shape"]], axis=0,
-                                name=f"{tag}_back_shape"),
-               helper.make_node("Gemm", [names["x_dq2d"], w_dq.output[0]] + ([bias] if bias else []), [names["y"]],
-                                transB=1, name=f"{tag}_Gemm")]
-        # the reshape back goes on the uint8 side of the output's QuantizeLinear when there is one
-        q, chain = _output_quantizer(out, users)
-        if q is not None:
-            for n in chain:   # a ReLU between the layer and its quantizer stays (onnxruntime drops it)
-                n.input[0] = names["y"] if n.input[0] == out else n.input[0]
-            if not chain:
-                q.input[0] = names["y"]
-            reshaped = f"{tag}_as_gemm_q"
-            after.setdefault(index[id(q)], []).append(
-                helper.make_node("Reshape", [q.output[0], names["back_shape"]], [reshaped], name=f"{tag}_unflatten"))
-            for reader in users.get(q.output[0], []):
-                reader.input[:] = [reshaped if i == q.output[0] else i for i in reader.input]
-        else:
-            new.append(helper.make_node("Reshape", [names["y"], names["back_shape"]], [out], name=f"{tag}_unflatten"))
-        before.setdefault(index[id(node)], []).extend(new)
-        dead.update({id(node), id(transpose)})
-    if not before:
-        return model
-    nodes = []
-    for i, n in enumerate(graph.node):
-        nodes.extend(before.get(i, []))
-        if id(n) not in dead:
-            nodes.append(n)
-        nodes.extend(after.get(i, []))
-    used = {i for n in nodes if id(n) not in dead for i in n.input} | {o.name for o in graph.output}
-    nodes = [n for n in nodes if not (n.op_type == "DequantizeLinear" and n.output[0] not in used)]  # bypassed
-    del graph.node[:]
-    graph.node.extend(_topological(nodes, {i.name for i in graph.input} | {i.name for i in graph.initializer}))
-    return model
-
-
-def _output_quantizer(out: str, users):
-    """The QuantizeLinear reading `out`, directly or through single-reader unary ops (ReLU): (node, chain)."""
-    chain = []
-    while True:
-        readers = users.get(out, [])
-        if len(readers) != 1:
-            return None, []
-        r = readers[0]
-        if r.op_type == "QuantizeLinear":
-            return r, chain
-        if r.op_type not in ("Relu", "Clip") or r.input[0] != out:
-            return None, []
-        chain.append(r)
-        out = r.output[0]
-
-
-def _topological(nodes: List[onnx.NodeProto], available: set) -> List[onnx.NodeProto]:
-    """Nodes in an order where every input is produced first (the rewrites insert nodes next to the layer;
-    a reshape back reads a shape computed before it)."""
-    available = set(available) | {""}
-    pending, ordered = list(nodes), []
-    while pending:
-        rest = []
-        for n in pending:
-            if all(i in available for i in n.input):
-                ordered.append(n)
-                available.update(n.output)
-            else:
-                rest.append(n)
-        if len(rest) == len(pending):
-            raise VerificationError(f"INT8 lowering left a cycle or a missing input at {rest[0].name or rest[0].op_type}")
-        pending = rest
-    return ordered
 
 
 def _drop_initializers(graph, names: Iterable[str]) -> None:
@@ -274,7 +152,7 @@ def align_conv_input_channels(model: onnx.ModelProto, alignment: int = INPUT_CHA
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
     producer = {o: n for n in graph.node for o in n.output}
-    consumers = _consumers(graph)
+    readers = consumers(graph)
     inserted: Dict[int, list] = {}
     bypassed = []
     for index, node in enumerate(graph.node):
@@ -284,7 +162,7 @@ def align_conv_input_channels(model: onnx.ModelProto, alignment: int = INPUT_CHA
         if x_dq is None or w_dq is None or x_dq.op_type != "DequantizeLinear" or w_dq.op_type != "DequantizeLinear":
             continue
         w_init = inits.get(w_dq.input[0])
-        if w_init is None or len(consumers.get(w_init.name, [])) != 1 or w_init.data_type != onnx.TensorProto.INT8 \
+        if w_init is None or len(readers.get(w_init.name, [])) != 1 or w_init.data_type != onnx.TensorProto.INT8 \
                 or len(w_init.dims) < 3 or any(i not in inits for i in x_dq.input[1:]):
             continue
         channels = w_init.dims[1]
@@ -327,10 +205,10 @@ def align_conv_input_channels(model: onnx.ModelProto, alignment: int = INPUT_CHA
 def integer_kernel_check(optimized: onnx.ModelProto, quantized_weights: Dict[str, str]) -> Dict[str, str]:
     """For each int8 weight initializer (name -> label), the op type of the kernel consuming it in the
     optimized graph. Raises VerificationError naming the layers left to float kernels."""
-    consumers = _consumers(optimized.graph)
+    readers = consumers(optimized.graph)
     kinds, missing = {}, []
     for name, label in quantized_weights.items():
-        ops = [n.op_type for n in consumers.get(name, [])]
+        ops = [n.op_type for n in readers.get(name, [])]
         integer = [op for op in ops if op in INTEGER_KERNELS]
         if integer:
             kinds[label] = integer[0]

@@ -73,7 +73,8 @@ def test_both_attention_projections_run_as_qgemm(tmp_path):
     quant, export = result.report.records[0].metrics, result.report.records[-1].metrics
     assert quant["decomposed"] == ["attn"]
     assert quant["unquantized_layers"] == []
-    assert export["integer_kernels"] == {"QGemm": 5}   # in_proj, out_proj, two MLP layers, head
+    # in_proj, out_proj, two MLP layers as 1x1 QLinearConv over the tokens; the head (2-D, float logits) QGemm
+    assert export["integer_kernels"] == {"QLinearConv": 4, "QGemm": 1}
     assert export["int8_mac_fraction"] > 0.9           # the attention products stay float
     assert export["max_code_step"] <= 1
 
@@ -120,7 +121,9 @@ def test_swin_window_attention_decomposes_exactly_and_runs_its_projections_as_qg
                                 (SWIN_X,), calib_loader=calib, val_loader=calib[:1], progress=False)
     quant, export = result.report.records[0].metrics, result.report.records[-1].metrics
     assert len(quant["decomposed"]) == 2 and quant["unquantized_layers"] == []
-    # per block: qkv, proj, two MLP layers (+ Swin v2's relative-position MLP, two layers); the head
-    assert export["integer_kernels"] == {"QGemm": 2 * (4 + 2 * v2) + 1}
+    # per block: qkv, proj, two MLP layers (+ Swin v2's relative-position MLP, two layers: the second has 2
+    # outputs, a QGemm); the head QGemm
+    kernels = export["integer_kernels"]
+    assert kernels.get("QLinearConv", 0) + kernels.get("QGemm", 0) == 2 * (4 + 2 * v2) + 1
     # the attention products stay float: 12% of the MACs at 16 features and 16 tokens a window (swin_t: 5%)
     assert export["int8_mac_fraction"] > 0.85 and export["max_code_step"] <= 1

@@ -1,6 +1,7 @@
 """The INT8 lowering of linear layers on 3-D / 4-D inputs (transformer MLPs, ConvNeXt's channels-last
-pointwise layers): rewritten from MatMul + Add into a 2-D Gemm that onnxruntime fuses into QGemm, the export
-check passes with a wide margin, and a wrong scale in the rewritten part fails it."""
+pointwise layers): rewritten from MatMul + Add into a 1x1 convolution over the rows that onnxruntime fuses
+into QLinearConv (quantized output, at least 16 outputs, inputs a multiple of 4) or a 2-D Gemm it fuses into
+QGemm; the export check passes, and a wrong scale in the rewritten part fails it."""
 import numpy as np
 import onnx
 import pytest
@@ -57,21 +58,26 @@ def _export(model, shape, path, seed=0):
 
 
 @pytest.mark.parametrize("model,shape", [(TokenMLP, (5, 16)), (ChannelsLastBlock, (3, 6, 6))])
-def test_nd_linear_layers_run_as_qgemm_and_pass_the_check(tmp_path, model, shape):
+def test_nd_linear_layers_run_as_integer_kernels_and_pass_the_check(tmp_path, model, shape):
     torch.manual_seed(0)
     path = str(tmp_path / "m.onnx")
     result, _ = _export(model(), shape, path)
     metrics = result.report.records[-1].metrics
     linears = [n for n, m in result.model.named_modules() if isinstance(m, nn.Linear)]
-    assert set(metrics["integer_kernels"]) >= {"QGemm"}
     assert metrics["int8_mac_fraction"] == 1.0
-    assert metrics["snr_lower_db"] >= metrics["snr_quant_db"] + 30   # QGemm emulated exactly, any rank
+    assert metrics["snr_lower_db"] >= metrics["snr_quant_db"] + 30   # emulated exactly, any rank
     ops = [n.op_type for n in optimized_graph(path).graph.node]
-    assert ops.count("QGemm") == len(linears) and "MatMul" not in ops
+    # the head (2-D, float logits) and linear layers with under 16 outputs stay QGemm, the others 1x1 convs
+    model_linears = dict(result.model.named_modules())
+    as_conv = [n for n in linears if n != "head" and model_linears[n].out_features >= 16]
+    assert ops.count("QLinearConv") - (model is ChannelsLastBlock) == len(as_conv) and as_conv
+    assert ops.count("QGemm") == len(linears) - len(as_conv)
+    # onnxruntime removed the layout transposes (ChannelsLastBlock keeps two: into and out of its NHWC stem conv)
+    assert "MatMul" not in ops and ops.count("Transpose") == 2 * (model is ChannelsLastBlock)
 
 
 def test_without_the_rewrite_the_layers_stay_float(tmp_path, monkeypatch):
-    monkeypatch.setattr(lower, "linear_matmuls_to_gemm", lambda model: model)
+    monkeypatch.setattr(lower, "lower_nd_linears", lambda model: model)
     with pytest.raises(VerificationError, match="did not turn 3 quantized layer"):
         _export(TokenMLP(), (5, 16), str(tmp_path / "m.onnx"))
 
@@ -81,8 +87,8 @@ def test_wrong_scale_after_a_rewritten_layer_fails_the_check(tmp_path):
     result, held = _export(TokenMLP(), (5, 16), path)
     proto = onnx.load(path)
     inits = {i.name: i for i in proto.graph.initializer}
-    gemms = {n.output[0] for n in proto.graph.node if n.op_type == "Gemm" and n.name.endswith("_Gemm")}
-    q = next(n for n in proto.graph.node if n.op_type == "QuantizeLinear" and n.input[0] in gemms)   # down's
+    convs = {n.output[0] for n in proto.graph.node if n.op_type == "Conv" and n.name.endswith("_Conv")}
+    q = next(n for n in proto.graph.node if n.op_type == "QuantizeLinear" and n.input[0] in convs)   # down's
     scale = numpy_helper.to_array(inits[q.input[1]]) * np.float32(1.5)
     proto.graph.initializer.append(numpy_helper.from_array(scale, "bad_scale"))
     q.input[1] = "bad_scale"
