@@ -1,6 +1,6 @@
 """INT8 speed and calibration cost: fxcompress vs onnxruntime's quantize_static, side by side.
 
-For resnet18, resnet50 and mobilenet_v2 (random weights, BatchNorm statistics re-estimated on random
+For any torchvision classifier at 224x224, by default resnet18, resnet50 and mobilenet_v2 (random weights, BatchNorm statistics re-estimated on random
 data so activations are realistic), in one run:
   fp32          the FP32 ONNX model
   ort_minmax    onnxruntime quantize_static: QDQ, uint8 activations, int8 per-channel weights, MinMax
@@ -15,6 +15,8 @@ inlined first; its quantizer otherwise skips those biases and leaves 16 of resne
 
     python benchmarks/int8_speed.py                 # all three models (~15-25 min on 2 cores)
     python benchmarks/int8_speed.py --models resnet18 --runs 20
+    python benchmarks/int8_speed.py --models convnext_tiny,swin_t,vit_b_16 --ort-entropy-models none --runs 20
+        # transformers (~15 min); onnxruntime's Entropy calibrator needs over 23 GB on swin_t
 """
 from __future__ import annotations
 
