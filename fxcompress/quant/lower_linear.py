@@ -17,11 +17,13 @@ from .onnx_nodes import consumers, topological
 def lower_nd_linears(model: onnx.ModelProto) -> onnx.ModelProto:
     """A quantized linear layer on a 3-D or 4-D input (transformer MLPs, ConvNeXt's pointwise layers) is
     exported as DQ(W) -> Transpose -> MatMul -> Add(bias), which onnxruntime cannot fuse (constant folding
-    turns the int8 weight back to float). Rewrite it as the 2-D linear it is: the uint8 input reshaped to
-    [-1, in] before its DequantizeLinear, Gemm(transB=1) with the bias (quantize_biases makes it int32:
-    QGemm), and the uint8 output (its QuantizeLinear, after a ReLU if there is one) reshaped back to the
-    input's leading dims + [out] before its DequantizeLinear. Integer values are unchanged: the fake-quant
-    model emulates QGemm for linear layers of any rank."""
+    turns the int8 weight back to float). With a quantized output, at least 16 outputs and inputs in
+    multiples of 4 (what onnxruntime's fast convolution wants), it becomes a 1x1 convolution over the rows
+    (_as_pointwise_conv); otherwise the 2-D linear it is: the uint8 input reshaped to [-1, in] before its
+    DequantizeLinear, Gemm(transB=1) with the bias (quantize_biases makes it int32: QGemm), and the uint8
+    output (its QuantizeLinear, after a ReLU if there is one) reshaped back to the input's leading dims +
+    [out] before its DequantizeLinear. Integer values are unchanged: the fake-quant model emulates both
+    kernels for linear layers of any rank."""
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
     producer = {o: n for n in graph.node for o in n.output}
