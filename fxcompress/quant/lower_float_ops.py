@@ -30,7 +30,7 @@ def _scalar(name: str, inits: Dict[str, onnx.TensorProto], constants: Dict[str, 
         value = numpy_helper.to_array(constants[name].attribute[0].t)
     else:
         return None
-    return float(value) if value.size == 1 else None
+    return float(value.reshape(())) if value.size == 1 else None   # a [1] constant too (maxvit_t)
 
 
 def _other(node: onnx.NodeProto, name: str) -> Optional[str]:

@@ -47,3 +47,18 @@ def test_int8_model_runs_gelu_as_one_kernel_and_passes_the_check(tmp_path):
     ops = [n.op_type for n in optimized_graph(path).graph.node]
     assert ops.count("Gelu") == 1 and "Erf" not in ops
     assert result.report.records[-1].metrics["max_code_step"] <= 1
+
+
+def test_constants_of_shape_one_are_read_too():
+    """maxvit_t's GELU divides by a [1]-shaped sqrt(2)."""
+    from onnx import TensorProto, helper, numpy_helper
+    consts = {"sqrt2": np.array([np.sqrt(2.0)], np.float32), "one": np.array([1.0], np.float32),
+              "half": np.array([0.5], np.float32)}
+    nodes = [helper.make_node("Div", ["x", "sqrt2"], ["d"]), helper.make_node("Erf", ["d"], ["e"]),
+             helper.make_node("Add", ["e", "one"], ["a"]), helper.make_node("Mul", ["x", "a"], ["m"]),
+             helper.make_node("Mul", ["m", "half"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
+                              [numpy_helper.from_array(v, k) for k, v in consts.items()])
+    fused = fuse_gelu(helper.make_model(graph))
+    assert [n.op_type for n in fused.graph.node] == ["Gelu"]
