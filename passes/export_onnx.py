@@ -46,7 +46,7 @@ class ExportONNX(LoweringPass):
         int8 = is_quantized(gm)
         if int8:
             proto = lower_int8(proto, folded)
-        check = (self._int8_check(ctx, folded) if int8 else self._float_check(ctx)) if self.verify else None
+        check = (self._int8_check(ctx, folded, proto) if int8 else self._float_check(ctx)) if self.verify else None
         metrics = save_checked(proto, self.path, check)
         ctx.add_artifact(self.path)
         return metrics
@@ -72,7 +72,7 @@ class ExportONNX(LoweringPass):
             return worst
         return check
 
-    def _int8_check(self, ctx, folded):
+    def _int8_check(self, ctx, folded, proto):
         flops = ctx.flops()
         macs = {n.target: flops.per_node.get(n.name, 0) for n in ctx.gm.graph.nodes if n.op == "call_module"}
         layer_macs = {layer: macs.get(layer, 0) for layer in quantized_layers(ctx.gm).values()}
@@ -80,7 +80,7 @@ class ExportONNX(LoweringPass):
         batches = [tuple(t.to(ctx.device) for t in b) for b in held_out] or self._batches(ctx)
 
         def check(tmp_path: str) -> dict:
-            metrics = check_int8_export(tmp_path, ctx.gm, batches, folded, layer_macs, flops.macs)
+            metrics = check_int8_export(tmp_path, ctx.gm, batches, folded, layer_macs, flops.macs, proto)
             metrics["check_inputs"] = "val_loader" if held_out else "example inputs"
             return metrics
         return check

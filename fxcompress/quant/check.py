@@ -19,7 +19,7 @@ reported too: on near-tied logits one rounding step flips it.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import onnx
 import torch
@@ -60,9 +60,11 @@ def _outputs(session, gm, batches: Sequence[Tuple[torch.Tensor, ...]]) -> tuple:
     return cat(float_out), cat(fake_out), cat(ort_out)
 
 
-def int8_fidelity(path: str, gm: fx.GraphModule, batches: Sequence[Tuple[torch.Tensor, ...]]) -> dict:
+def int8_fidelity(path: str, gm: fx.GraphModule, batches: Sequence[Tuple[torch.Tensor, ...]],
+                  model: Optional[onnx.ModelProto] = None) -> dict:
     """SNRs of the fake-quant model vs float and of onnxruntime vs fake-quant on `batches` (worst output), and
-    the quantizer-by-quantizer comparison of codes (`compare_codes`) on the first batch."""
+    the quantizer-by-quantizer comparison of codes (`compare_codes`) on the first batch. `model`: the file's
+    contents when the caller holds them (else read from `path`)."""
     ref, fake, got = _outputs(ort_session(path), gm.eval(), batches)
     if len(got) != len(fake):
         raise VerificationError(f"INT8 ONNX has {len(got)} outputs, the fake-quant model {len(fake)}")
@@ -71,12 +73,13 @@ def int8_fidelity(path: str, gm: fx.GraphModule, batches: Sequence[Tuple[torch.T
                "check_samples": int(fake[0].shape[0])}
     if fake[0].dim() == 2 and len(fake) == 1 and fake[0].shape[1] > 1:
         metrics["top1_agreement"] = float((got[0].argmax(1) == fake[0].argmax(1)).double().mean())
-    metrics.update(compare_codes(onnx.load(path), gm, batches[0]))
+    metrics.update(compare_codes(model if model is not None else onnx.load(path), gm, batches[0]))
     return metrics
 
 
 def check_int8_export(path: str, gm: fx.GraphModule, batches: Sequence[Tuple[torch.Tensor, ...]],
-                      folded: Dict[str, str], layer_macs: Dict[str, int], total_macs: int) -> dict:
+                      folded: Dict[str, str], layer_macs: Dict[str, int], total_macs: int,
+                      model: Optional[onnx.ModelProto] = None) -> dict:
     """Run by ExportONNX on the written file before it is renamed into place. `folded` maps each int8
     initializer to the float weight it replaced (filled by the lowering); `layer_macs` the layers' MACs.
     """
@@ -91,7 +94,7 @@ def check_int8_export(path: str, gm: fx.GraphModule, batches: Sequence[Tuple[tor
                "int8_mac_fraction": sum(layer_macs.get(layer, 0) for layer in kernels) / max(total_macs, 1),
                "float_conv_matmul_left": sum(v for k, v in count_ops(optimized).items()
                                              if k in ("Conv", "FusedConv", "Gemm", "MatMul", "FusedMatMul"))}
-    metrics.update(int8_fidelity(path, gm, batches))
+    metrics.update(int8_fidelity(path, gm, batches, model))
     assert_faithful(metrics, path)
     return metrics
 

@@ -36,7 +36,7 @@ from .fake_quant import ActivationQuantizer
 _SCALE_SUFFIX = ".scale"
 
 
-def _quantizer_of(node: onnx.NodeProto, quantizers: Dict[str, int]) -> Optional[Tuple[str, Optional[int]]]:
+def _quantizer_call(node: onnx.NodeProto, quantizers: Dict[str, int]) -> Optional[Tuple[str, Optional[int]]]:
     """(quantizer, call index) a QuantizeLinear was exported from: its node's scope is the quantizer's name for
     the first call (`/act_quant_relu_2/...`) and `<name>_<k>` for call k+1; `q_1` may also be quantizer
     q_1's first call: q must have that many calls (`quantizers`: name -> calls in the graph), and if both
@@ -70,7 +70,7 @@ def probed_model(model: onnx.ModelProto, quantizers: Dict[str, int]) -> tuple:
     found = []
     for node in list(probed.graph.node):
         if node.op_type == "QuantizeLinear" and node.input[0] not in inits and len(node.input) >= 2:
-            which = _quantizer_of(node, quantizers)
+            which = _quantizer_call(node, quantizers)
             if which is not None:
                 found.append((node, *which))
     # calls named by their scope first; a node known by its scale only (a lowering's helper, or a scope the

@@ -54,25 +54,22 @@ def lower_nd_linears(model: onnx.ModelProto) -> onnx.ModelProto:
                 dead.add(id(add[0]))
         tag = node.name or out
         q, chain = _output_quantizer(out, users)
-        if q is not None and n_in % 4 == 0 and n_out >= 16 and _single_reader(inits[w_dq.input[0]].name, graph):
+        if q is not None and n_in % 4 == 0 and n_out >= 16 and len(users.get(w_dq.input[0], [])) == 1:
             new = _as_pointwise_conv(graph, inits, tag, x_dq, w_dq, bias, n_in, n_out, out, q, chain, users, after,
                                      index)
             before.setdefault(index[id(node)], []).extend(new)
             dead.update({id(node), id(transpose)})
             continue
-        names = {k: f"{tag}_as_gemm_{k}" for k in ("flat_shape", "x_q2d", "x_dq2d", "shape", "lead", "out_dims",
-                                                   "back_shape", "y")}
+        names = {k: f"{tag}_as_gemm_{k}" for k in ("flat_shape", "x_q2d", "x_dq2d", "y")}
         graph.initializer.append(numpy_helper.from_array(np.array([-1, n_in], dtype=np.int64), names["flat_shape"]))
-        graph.initializer.append(numpy_helper.from_array(np.array([n_out], dtype=np.int64), names["out_dims"]))
         x_q = x_dq.input[0]
-        new = [helper.make_node("Reshape", [x_q, names["flat_shape"]], [names["x_q2d"]], name=f"{tag}_flatten"),
-               helper.make_node("DequantizeLinear", [names["x_q2d"]] + list(x_dq.input[1:]), [names["x_dq2d"]],
-                                name=f"{tag}_DequantizeLinear"),
-               helper.make_node("Shape", [x_q], [names["shape"]], name=f"{tag}_Shape", start=0, end=-1),
-               helper.make_node("Concat", [names["shape"], names["out_dims"]], [names["back_shape"]], axis=0,
-                                name=f"{tag}_back_shape"),
-               helper.make_node("Gemm", [names["x_dq2d"], w_dq.output[0]] + ([bias] if bias else []), [names["y"]],
-                                transB=1, name=f"{tag}_Gemm")]
+        back, names["back_shape"] = _back_shape(graph, f"{tag}_as_gemm", x_q, n_out)
+        new = back + [
+            helper.make_node("Reshape", [x_q, names["flat_shape"]], [names["x_q2d"]], name=f"{tag}_flatten"),
+            helper.make_node("DequantizeLinear", [names["x_q2d"]] + list(x_dq.input[1:]), [names["x_dq2d"]],
+                             name=f"{tag}_DequantizeLinear"),
+            helper.make_node("Gemm", [names["x_dq2d"], w_dq.output[0]] + ([bias] if bias else []), [names["y"]],
+                             transB=1, name=f"{tag}_Gemm")]
         # the reshape back goes on the uint8 side of the output's QuantizeLinear when there is one
         if q is not None:
             for n in chain:   # a ReLU between the layer and its quantizer stays (onnxruntime drops it)
@@ -103,8 +100,13 @@ def lower_nd_linears(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def _single_reader(name: str, graph) -> bool:
-    return sum(i == name for n in graph.node for i in n.input) == 1
+def _back_shape(graph, prefix: str, x_q: str, n_out: int) -> tuple:
+    """(nodes computing x_q's leading dims + [n_out], the name of that shape): where a layer's output goes
+    back to its input's rank."""
+    out_dims, lead, shape = f"{prefix}_out_dims", f"{prefix}_shape", f"{prefix}_back_shape"
+    graph.initializer.append(numpy_helper.from_array(np.array([n_out], dtype=np.int64), out_dims))
+    return [helper.make_node("Shape", [x_q], [lead], name=f"{prefix}_Shape", start=0, end=-1),
+            helper.make_node("Concat", [lead, out_dims], [shape], axis=0, name=f"{prefix}_back_shape")], shape
 
 
 def _as_pointwise_conv(graph, inits, tag, x_dq, w_dq, bias, n_in, n_out, out, q, chain, users, after, index):
@@ -114,24 +116,21 @@ def _as_pointwise_conv(graph, inits, tag, x_dq, w_dq, bias, n_in, n_out, out, q,
     25088 x 96 -> 384 (convnext_tiny's first MLP layer at batch 8): 1.4-2.5 ms as QLinearConv, 13 ms as
     QLinearMatMul without its bias, 14-31 ms as QGemm with its int32 bias. Returns the nodes to insert
     before the MatMul; the output's chain (its QuantizeLinear, after a ReLU) is rewired here."""
-    names = {k: f"{tag}_as_conv_{k}" for k in ("rows_shape", "x_q4d", "x_dq4d", "x_nchw", "shape", "out_dims",
-                                               "back_shape", "y", "y_dq", "y_nhwc", "y_q", "y_back")}
+    names = {k: f"{tag}_as_conv_{k}" for k in ("rows_shape", "x_q4d", "x_dq4d", "x_nchw", "y", "y_dq", "y_nhwc",
+                                               "y_q", "y_back")}
     w = inits[w_dq.input[0]]
     del w.dims[:]
     w.dims.extend([n_out, n_in, 1, 1])   # the same int8 values (row-major), as a 1x1 kernel
     graph.initializer.append(numpy_helper.from_array(np.array([1, -1, 1, n_in], dtype=np.int64), names["rows_shape"]))
-    graph.initializer.append(numpy_helper.from_array(np.array([n_out], dtype=np.int64), names["out_dims"]))
     x_q, scale_zp = x_dq.input[0], list(x_dq.input[1:])
-    new = [helper.make_node("Reshape", [x_q, names["rows_shape"]], [names["x_q4d"]], name=f"{tag}_rows"),
-           helper.make_node("DequantizeLinear", [names["x_q4d"]] + scale_zp, [names["x_dq4d"]],
-                            name=f"{tag}_DequantizeLinear"),
-           helper.make_node("Transpose", [names["x_dq4d"]], [names["x_nchw"]], perm=[0, 3, 1, 2],
-                            name=f"{tag}_to_nchw"),
-           helper.make_node("Shape", [x_q], [names["shape"]], name=f"{tag}_Shape", start=0, end=-1),
-           helper.make_node("Concat", [names["shape"], names["out_dims"]], [names["back_shape"]], axis=0,
-                            name=f"{tag}_back_shape"),
-           helper.make_node("Conv", [names["x_nchw"], w_dq.output[0]] + ([bias] if bias else []), [names["y"]],
-                            kernel_shape=[1, 1], name=f"{tag}_Conv")]
+    back, names["back_shape"] = _back_shape(graph, f"{tag}_as_conv", x_q, n_out)
+    new = back + [
+        helper.make_node("Reshape", [x_q, names["rows_shape"]], [names["x_q4d"]], name=f"{tag}_rows"),
+        helper.make_node("DequantizeLinear", [names["x_q4d"]] + scale_zp, [names["x_dq4d"]],
+                         name=f"{tag}_DequantizeLinear"),
+        helper.make_node("Transpose", [names["x_dq4d"]], [names["x_nchw"]], perm=[0, 3, 1, 2], name=f"{tag}_to_nchw"),
+        helper.make_node("Conv", [names["x_nchw"], w_dq.output[0]] + ([bias] if bias else []), [names["y"]],
+                         kernel_shape=[1, 1], name=f"{tag}_Conv")]
     for n in chain:   # a ReLU between the layer and its quantizer stays (onnxruntime drops it)
         n.input[0] = names["y"] if n.input[0] == out else n.input[0]
     # the conv's output is quantized by a copy of the layer's QuantizeLinear; the layer's own one quantizes

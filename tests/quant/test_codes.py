@@ -8,7 +8,7 @@ from onnx import helper
 
 import fxcompress
 from fxcompress.passes import ExportONNX, QuantizeINT8
-from fxcompress.quant.codes import _quantizer_of, compare_codes
+from fxcompress.quant.codes import _quantizer_call, compare_codes
 from fxcompress.quant.fake_quant import ActivationQuantizer
 
 
@@ -30,7 +30,7 @@ def _q(name, scale):
     (_q("/something/QuantizeLinear", "weight.scale"), {"act_quant_b": 1}, None),
 ])
 def test_quantize_linear_is_mapped_to_its_quantizer_call(node, quantizers, expected):
-    assert _quantizer_of(node, quantizers) == expected
+    assert _quantizer_call(node, quantizers) == expected
 
 
 class Shared(nn.Module):
