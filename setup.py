@@ -13,8 +13,9 @@ setup(
         "torch>=2.4", "numpy", "scipy", "networkx", "onnx", "onnxruntime", "onnxscript", "tqdm", "Pillow",
     ],
     extras_require={
-        "test": ["pytest", "pytest-xdist", "torchvision", "scikit-learn"],
+        # timm: the canonical-form tests build its layers (a test dependency, never a runtime one)
+        "test": ["pytest", "pytest-xdist", "torchvision", "scikit-learn", "timm"],
         "figs": ["matplotlib"],
-        "bench": ["torchvision", "scikit-learn", "torch-pruning", "matplotlib"],
+        "bench": ["torchvision", "scikit-learn", "torch-pruning", "matplotlib", "timm", "ultralytics"],
     },
 )

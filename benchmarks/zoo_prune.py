@@ -3,6 +3,12 @@ forward + backward, ExportONNX with onnxruntime parity. One row per model, a tot
 
     python benchmarks/zoo_prune.py [--models resnet18 vit_b_16 ...] [--ratio 0.5] [--size 64]
     python benchmarks/zoo_prune.py --method resrep [--target 0.5] [--steps 24]
+    python benchmarks/zoo_prune.py --source timm [--models resnet10t ...]   # one model per timm family
+
+--source timm: the models of benchmarks/timm_families.json (one per architecture family, the smallest; see
+benchmarks/timm_families.py), random weights, each at its default input size (--size is ignored). A row also
+fails when fewer than --min-removed of the parameters were removed (a model left almost unpruned must not
+pass silently): its reason lists what fixed the groups.
 
 --method magnitude (default): MagnitudePrune(ratio). --method resrep: ResRep to --target of the MACs:
 compactors inserted (checked identity), --steps training iterations on random data (batch 2, masking every
@@ -36,7 +42,29 @@ from provenance import provenance  # noqa: E402  (benchmarks/provenance.py)
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
-def build(name: str, size: int):
+def build(name: str, size: int, source: str = "torchvision"):
+    if source == "timm":
+        return build_timm(name)
+    return build_torchvision(name, size)
+
+
+def timm_families() -> dict:
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "timm_families.json")) as f:
+        return json.load(f)
+
+
+def build_timm(name: str):
+    """A timm model with random weights at its default input size."""
+    import timm   # a benchmark dependency, never a runtime one
+    model = timm.create_model(name, pretrained=False).eval()
+    size = list((model.pretrained_cfg or {}).get("input_size", (3, 224, 224)))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    return model, torch.randn(1, *size)
+
+
+def build_torchvision(name: str, size: int):
     """A model with random weights and the smallest input it accepts near `size`."""
     kwargs = {}
     if name.startswith("vit_"):
@@ -77,7 +105,7 @@ def run_one(name: str, args, tmpdir: str) -> dict:
     start = time.perf_counter()
     try:
         torch.manual_seed(0)
-        model, x = build(name, args.size)
+        model, x = build(name, args.size, args.source)
         row["input"] = list(x.shape)
         with torch.no_grad():
             expected = model(x)
@@ -98,7 +126,13 @@ def run_one(name: str, args, tmpdir: str) -> dict:
                    macs_before=prune_rec.macs_before, macs_after=prune_rec.macs_after,
                    groups=groups.metrics.get("groups"), prunable_groups=groups.metrics.get("prunable_groups"),
                    exact_rel_err=prune_rec.metrics.get("max_rel_error", prune_rec.metrics.get("removal_max_rel_error")),
-                   onnx_rel_err=export_rec.metrics.get("max_rel_error"))
+                   onnx_rel_err=export_rec.metrics.get("max_rel_error"),
+                   fixed_reasons=groups.metrics.get("fixed_reasons"))
+        removed = 1 - prune_rec.params_after / prune_rec.params_before
+        row["params_removed"] = round(removed, 4)
+        if removed < args.min_removed:
+            raise RuntimeError(f"only {removed:.1%} of the parameters removed (< --min-removed {args.min_removed}); "
+                               f"groups fixed by: {groups.metrics.get('fixed_reasons')}")
         if args.method == "resrep":
             m = prune_rec.metrics
             row.update(target=prune_step.target_macs, compactors=m["compactors"], final_step_channels=m["final_step_channels"],
@@ -152,6 +186,9 @@ def main(argv=None):
     p.add_argument("--max-full-channels", type=int, default=1024,
                    help="resrep: wider producers get a per-channel scale, not a C x C compactor (memory: "
                         "convnext_large's 6144-wide MLPs would need 1.4 G compactor weights)")
+    p.add_argument("--source", choices=("torchvision", "timm"), default="torchvision")
+    p.add_argument("--min-removed", type=float, default=0.25,
+                   help="a row fails when it removes fewer than this fraction of the parameters")
     p.add_argument("--size", type=int, default=64, help="input side where the model allows it")
     p.add_argument("--out", default=os.path.join(RESULTS, "zoo_prune"))
     p.add_argument("--shard", default="0/1", help="i/n: run every n-th model starting at i (parallel workers)")
@@ -165,12 +202,16 @@ def main(argv=None):
                 data = json.load(f)
             for r in (data["rows"] if isinstance(data, dict) else data):
                 by_model[r["model"]] = r
-        order = torchvision.models.list_models(module=torchvision.models)
+        order = ([v["model"] for v in timm_families()["families"].values()] if args.source == "timm"
+                 else torchvision.models.list_models(module=torchvision.models))
         rows = sorted(by_model.values(), key=lambda r: order.index(r["model"]) if r["model"] in order else len(order))
         return write(rows, args)
     warnings.filterwarnings("ignore")
     torch.set_num_threads(args.threads)
-    names = args.models or torchvision.models.list_models(module=torchvision.models)
+    if args.source == "timm":
+        names = args.models or [v["model"] for v in timm_families()["families"].values()]
+    else:
+        names = args.models or torchvision.models.list_models(module=torchvision.models)
     i, n = (int(v) for v in args.shard.split("/"))
     names = names[i::n]
     rows = []
@@ -198,7 +239,8 @@ def write(rows, args) -> int:
     text = table(rows)
     print(text)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    payload = {"torch": torch.__version__, "torchvision": torchvision.__version__, "method": args.method,
+    payload = {"torch": torch.__version__, "torchvision": torchvision.__version__, "source": args.source,
+               "min_removed": args.min_removed, "method": args.method,
                "ratio": args.ratio if args.method == "magnitude" else None,
                "target": args.target if args.method == "resrep" else None,
                "size": args.size, "passed": sum(r["status"] == "ok" for r in rows), "total": len(rows), "rows": rows,

@@ -13,7 +13,7 @@ from .errors import PassError, ShapeError
 from .manager import PassManager
 from .pass_base import Pass
 from .report import Report
-from ..graph.tracing import trace
+from ..graph.capture import capture
 
 
 @dataclass
@@ -66,11 +66,11 @@ def compile(model: nn.Module, passes: Sequence[Pass], example_inputs, *, train_l
     inputs = tuple(t.to(device) for t in as_input_tuple(example_inputs))
     # a model in training mode or elsewhere than `device` needs changing before tracing: copy it now
     shared = not model.training and all(t.device == device for t in _tensors(model))
-    gm = trace(model if shared else copy.deepcopy(model).to(device).eval(), leaf_modules)
+    gm, capture_info = capture(model if shared else copy.deepcopy(model).to(device).eval(), inputs, leaf_modules)
     ctx = PassContext(gm=gm, example_inputs=inputs, train_loader=train_loader, val_loader=val_loader,
                       calib_loader=calib_loader, device=device, owns_gm=not shared, progress=progress,
                       input_model=model)
-    report = Report(model_name=type(model).__name__)
+    report = Report(model_name=type(model).__name__, capture=capture_info)
     manager.run(ctx, report)
     # a graph still sharing the user's modules is returned as it is (in eval mode at its root, as the model):
     # eval() would set every one of the user's modules to eval mode

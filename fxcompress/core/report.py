@@ -38,12 +38,13 @@ def _metric(v: Any) -> str:
 class Report:
     model_name: str = "model"
     records: List[PassRecord] = field(default_factory=list)
+    capture: dict = field(default_factory=dict)   # how the graph was made (fxcompress.graph.capture)
 
     def add(self, record: PassRecord) -> None:
         self.records.append(record)
 
     def to_dict(self) -> dict:
-        return {"model": self.model_name, "passes": [asdict(r) for r in self.records]}
+        return {"model": self.model_name, "capture": self.capture, "passes": [asdict(r) for r in self.records]}
 
     def save_json(self, path: str) -> None:
         from .files import atomic_write_text

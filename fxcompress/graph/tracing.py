@@ -20,8 +20,9 @@ class LeafTracer(fx.Tracer):
     Besides, two shortcuts through fx's per-node bookkeeping, each giving what fx gives (a tenth of the
     time of tracing a DenseNet each; tests/graph/test_tracing.py compares graphs and node metadata)."""
 
-    def __init__(self, leaf_modules: Iterable = ()):
+    def __init__(self, leaf_modules: Iterable = (), keep_whole=None):
         super().__init__()
+        self.keep_whole = keep_whole   # f(module) -> True for more leaves (layers with a canonical form)
         self.leaf_types = tuple(m for m in leaf_modules if isinstance(m, type))
         self.leaf_names = {m for m in leaf_modules if isinstance(m, str)}
         # fx copies these with copy.copy at every node (module stack) and module call (scope); copy.copy
@@ -31,6 +32,8 @@ class LeafTracer(fx.Tracer):
 
     def is_leaf_module(self, m: torch.nn.Module, qualname: str) -> bool:
         if qualname in self.leaf_names or (self.leaf_types and isinstance(m, self.leaf_types)):
+            return True
+        if self.keep_whole is not None and self.keep_whole(m):
             return True
         return super().is_leaf_module(m, qualname)
 
@@ -75,14 +78,16 @@ def _failing_module(model: torch.nn.Module, tb) -> tuple[str, str]:
     return culprit
 
 
-def trace(model: torch.nn.Module, leaf_modules: Iterable = ()) -> fx.GraphModule:
-    """Symbolically trace `model`. Raises TraceError naming the module and source line that failed."""
+def trace(model: torch.nn.Module, leaf_modules: Iterable = (), keep_whole=None, concrete_args=None) -> fx.GraphModule:
+    """Symbolically trace `model`. Raises TraceError naming the module and source line that failed.
+    `keep_whole(module)`: True for further modules to keep as single call_module nodes; `concrete_args`:
+    forward's arguments fixed to a value (fx's own option)."""
     if isinstance(model, fx.GraphModule):
         return model
-    tracer = LeafTracer(leaf_modules)
+    tracer = LeafTracer(leaf_modules, keep_whole)
     before = _attribute_names(model)
     try:
-        graph = tracer.trace(model)
+        graph = tracer.trace(model, concrete_args)
     except Exception as e:
         _drop_added_attributes(model, before)  # torch.fx raises several types (TraceError, TypeError, RuntimeError, ...)
         module, where = _failing_module(model, sys.exc_info()[2])

@@ -4,7 +4,7 @@ registered one way in `fxcompress.ops.registry`. Importing this package register
 Supporting a new op is adding its rules to its family's module (or a new module imported here) and a test.
 """
 from . import (attention, conv, elementwise, embedding, indexing, linear, matmul, norm,  # noqa: F401
-               pooling, reduction, reshape, scale)
+               padding, pooling, reduction, reshape, scale)
 from .registry import BN_FOLD, COUPLING, MACS, QUANT, RESIZE, OpRegistry, QuantRule, optional
 
 __all__ = ["OpRegistry", "QuantRule", "optional", "MACS", "COUPLING", "RESIZE", "QUANT", "BN_FOLD"]

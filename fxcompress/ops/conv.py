@@ -5,15 +5,21 @@ element is multiplied into Cout/g * k outputs). Channels: output channels with t
 and bias; input channels with the weight's input axis; depthwise convs prune whole groups (groups
 shrinks), other grouped convs the same position inside every group (groups stays). INT8: QLinearConv
 (int8 weight per output channel). BatchNorm folds into the weight's output axis.
+
+Canonical form: a convolution padding like TensorFlow's 'SAME' from its input's size (timm's `Conv2dSame`)
+becomes, for the traced input size, an nn.Conv2d with that padding (sharing the weight and bias), after an
+nn.ZeroPad2d where the padding is uneven (fxcompress/graph/canonical.py).
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .registry import BN_FOLD, COUPLING, MACS, QUANT, RESIZE, QuantRule, numel
+from .registry import BN_FOLD, CANONICAL, COUPLING, MACS, QUANT, RESIZE, QuantRule, numel, optional
 
 CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 CONV_TRANSPOSES = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -129,3 +135,25 @@ QUANT.register(*CONVS, rule=QuantRule("weighted", weight_axis=0))
 BN_FOLD.register(*CONVS, rule=lambda m: 0)
 # transposed convs keep outputs on weight axis 1, but only ungrouped (grouped layouts interleave)
 BN_FOLD.register(*CONV_TRANSPOSES, rule=lambda m: 1 if m.groups == 1 else None)
+
+
+# ---- canonical form of 'SAME'-padded convolutions
+def same_padding(size: int, kernel: int, stride: int, dilation: int) -> int:
+    """Total padding TensorFlow's 'SAME' adds to a dim of `size` (as timm's pad_same computes it)."""
+    return max((math.ceil(size / stride) - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+
+
+@CANONICAL.register(optional("timm.layers", "Conv2dSame"))
+def same_conv_canonical(m: nn.Conv2d, input_shape):
+    if input_shape is None or len(input_shape) != 4:
+        return "input shape unknown"
+    ph, pw = (same_padding(input_shape[2 + i], m.kernel_size[i], m.stride[i], m.dilation[i]) for i in range(2))
+    even = ph % 2 == 0 and pw % 2 == 0
+    conv = nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, (ph // 2, pw // 2) if even else 0,
+                     m.dilation, m.groups, m.bias is not None, device="meta")
+    conv.weight = m.weight
+    conv.bias = m.bias
+    conv.train(m.training)
+    if even:
+        return [(None, conv)]
+    return [("pad", nn.ZeroPad2d((pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))), (None, conv)]

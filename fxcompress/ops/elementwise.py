@@ -23,10 +23,12 @@ ELEMENTWISE_FUNCTIONS = (operator.add, operator.sub, operator.mul, operator.true
                          torch.tanh, torch.neg, torch.exp, torch.clamp, torch.clip, torch.maximum, torch.minimum,
                          torch.where, F.relu, F.relu6, F.gelu, F.silu, F.hardswish, F.hardsigmoid, F.sigmoid,
                          F.tanh, F.leaky_relu, F.elu, F.mish, F.dropout, F.dropout1d, F.dropout2d, F.hardtanh,
-                         F.softplus, F.selu)
+                         F.softplus, F.selu, operator.pow, torch.pow, torch.sqrt, torch.rsqrt, torch.addcmul,
+                         torch.erf, torch.abs, operator.abs)
 ELEMENTWISE_METHODS = ("add", "sub", "mul", "div", "add_", "mul_", "sub_", "div_", "relu", "relu_", "sigmoid",
                        "sigmoid_", "tanh", "clamp", "clamp_", "contiguous", "clone", "detach", "float", "to",
-                       "type", "exp", "neg", "abs", "sqrt", "pow", "__add__", "__mul__", "masked_fill")
+                       "type", "exp", "neg", "abs", "sqrt", "pow", "__add__", "__mul__", "masked_fill", "rsqrt", "addcmul",
+                       "erf", "square", "reciprocal")
 # torchvision's wrapped per-sample scaling: channels pass through unchanged
 STOCHASTIC_DEPTH = optional("torchvision.ops.stochastic_depth", "stochastic_depth")
 

@@ -1,4 +1,4 @@
-"""Concatenation, splitting and indexing: cat, split/chunk/unbind, getitem (slices, tuple items).
+"""Concatenation, splitting and indexing: cat, stack, split/chunk/unbind, getitem (slices, tuple items).
 
 Channels: cat and split couple each piece with its offset in the whole; equal splits (chunk) keep their
 pieces equal, so position j goes in every piece; slices couple the positions they keep (strided slices
@@ -35,6 +35,19 @@ def cat_coupling(r) -> None:
             else:
                 r.same(k, d, y, d)
         offset += n
+
+
+@COUPLING.register(torch.stack)
+def stack_coupling(r) -> None:
+    """Every input's dim d is the output's d (before the new dim) or d + 1; the new dim is the op's."""
+    y = r.out()
+    dim = r.raw(1, "dim", 0) % r.rank(y)
+    for t in r.raw(0, "tensors"):
+        k = r.key_of(t)
+        if k is None:
+            raise ValueError("non-tensor in stack")
+        for d in range(r.rank(k)):
+            r.same(k, d, y, d if d < dim else d + 1)
 
 
 def _split_outputs(r, x, sizes, dim, equal: bool) -> None:

@@ -4,6 +4,10 @@ Channels: BatchNorm/InstanceNorm are per channel (affine and running statistics 
 GroupNorm's statistics are per group, so only whole groups may go (num_groups shrinks); LayerNorm
 normalises over its trailing dims, which therefore stay whole (removing a channel would change its
 statistics); every other dim passes through.
+
+Canonical forms: a norm layer fused with its activation (timm's `BatchNormAct2d`, `SyncBatchNormAct`,
+`GroupNormAct`, `GroupNorm1Act`, `LayerNormAct`) becomes the plain norm layer, sharing its parameters and
+buffers, followed by its dropout and activation modules (fxcompress/graph/canonical.py).
 """
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ import numpy as np
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .registry import COUPLING, RESIZE
+from .registry import CANONICAL, COUPLING, RESIZE, optional
 
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 INSTANCE_NORMS = (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
@@ -82,3 +86,41 @@ def group_norm_resize(s, node, m):
 def layer_norm_resize(s, node, m):
     k = len(m.normalized_shape)
     m.normalized_shape = tuple(s.node_shape(node)[-k:])
+
+
+# ---- canonical forms of norm + activation layers
+_NORM_ACT = {   # timm's fused layer -> the torch.nn norm layer it computes before `drop` and `act`
+    optional("timm.layers", "BatchNormAct2d"): nn.BatchNorm2d,
+    optional("timm.layers", "SyncBatchNormAct"): nn.BatchNorm2d,
+    optional("timm.layers", "GroupNormAct"): nn.GroupNorm,
+    optional("timm.layers", "GroupNorm1Act"): nn.GroupNorm,
+    optional("timm.layers", "LayerNormAct"): nn.LayerNorm,
+}
+_NORM_STATE = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+
+
+def _plain_norm(m: nn.Module, cls: type) -> nn.Module:
+    """A `cls` layer with m's hyper-parameters whose parameters and buffers are m's own tensors."""
+    if cls is nn.BatchNorm2d:
+        plain = nn.BatchNorm2d(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats, device="meta")
+    elif cls is nn.GroupNorm:
+        plain = nn.GroupNorm(m.num_groups, m.num_channels, m.eps, m.affine, device="meta")
+    else:
+        plain = nn.LayerNorm(m.normalized_shape, m.eps, m.elementwise_affine, getattr(m, "bias", None) is not None,
+                             device="meta")
+    for name in _NORM_STATE:
+        store = plain._parameters if name in plain._parameters else plain._buffers
+        if name in store or hasattr(m, name):
+            store[name] = getattr(m, name, None)
+    return plain.train(m.training)
+
+
+@CANONICAL.register(*_NORM_ACT)
+def norm_act_canonical(m: nn.Module, input_shape):
+    cls = next(plain for fused, plain in _NORM_ACT.items() if fused is not None and isinstance(m, fused))
+    chain = [(None, _plain_norm(m, cls))]
+    for suffix in ("drop", "act"):
+        part = getattr(m, suffix, None)
+        if part is not None and not isinstance(part, nn.Identity):
+            chain.append((suffix, part))
+    return chain

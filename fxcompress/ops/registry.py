@@ -106,6 +106,10 @@ COUPLING = OpRegistry("channel coupling")
 RESIZE = OpRegistry("resizing")
 # quantization: a QuantRule value per op
 QUANT = OpRegistry("quantization")
+# canonical forms: rule(module, input_shape) -> [(suffix, standard module), ...] replacing a composite layer
+# right after tracing (timm's norm+activation layers, same-padding convs; fxcompress/graph/canonical.py), or
+# a string saying why it cannot; a layer type with a rule stays one call_module node when traced
+CANONICAL = OpRegistry("canonical form")
 # BatchNorm folding: rule(module) -> the weight axis holding output channels, or None (cannot absorb BN)
 BN_FOLD = OpRegistry("BatchNorm folding")
 

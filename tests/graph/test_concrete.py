@@ -1,0 +1,101 @@
+"""Tracing specialised on the example inputs: shape-dependent Python resolves, data-dependent Python is refused,
+and the capture report says which inputs the graph holds for."""
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import fxcompress
+from fxcompress.graph.capture import capture
+from fxcompress.passes import ChannelGroups, ExportONNX, MagnitudePrune
+
+
+class ChunkList(nn.Module):
+    """C2f-like: `list(y.chunk(2, 1))` iterates a proxy; a branch on the input's size."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(12, 6, 1)
+
+    def forward(self, x):
+        h = x.shape[-1]
+        if h % 3:                             # a branch on a shape: taken as for the example
+            x = F.pad(x, (0, 3 - h % 3, 0, 3 - h % 3))
+        parts = list(self.a(x).chunk(2, 1))
+        parts.append(self.b(parts[-1]))
+        return self.c(torch.cat(parts, 1)).mean((2, 3))
+
+
+def test_shape_dependent_python_is_traced_on_the_example_and_prunes():
+    model, x = ChunkList().eval(), torch.randn(1, 3, 10, 10)
+    with pytest.raises(Exception):
+        torch.fx.symbolic_trace(model)
+    gm, info = capture(model, (x,))
+    assert info["method"] == "concrete" and "cannot trace ChunkList" in info["symbolic_error"]
+    assert info["holds_for"]["batch"] is True          # the chunks stayed symbolic: any batch size works
+    assert info["holds_for"]["size"].startswith("no")   # 10 % 3 padded; 42 % 3 == 0 would not
+    assert "bool(mod)" in info["specialised"]
+    torch.testing.assert_close(gm(x), model(x))
+    chunk = next(n for n in gm.graph.nodes if n.target == "chunk")
+    assert len(chunk.users) == 2                       # two getitem nodes, not two frozen tensors
+    result = fxcompress.compile(model, [ChannelGroups(), MagnitudePrune(0.5)], x, progress=False)
+    assert result.report.capture["method"] == "concrete"
+    assert result.report.records[1].params_after < result.report.records[1].params_before
+
+
+class DataBranch(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        if y.mean() > 0:                      # data-dependent: a graph frozen on it is wrong for other data
+            return y
+        return -y
+
+
+def test_python_on_tensor_values_is_refused_naming_the_module():
+    with pytest.raises(fxcompress.TraceError) as info:
+        capture(DataBranch().eval(), (torch.randn(1, 3, 4, 4),))
+    msg = str(info.value)
+    assert "depends on tensor values" in msg and "DataBranch" in msg
+
+
+class SetItemAndDevice(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+
+    def forward(self, x):
+        n = len(x)                                           # a tensor's length is its batch size
+        table = torch.zeros(n, 4, 1, 1, device=x.device, dtype=x.dtype)
+        table[:, 1] = 1.0                                    # item assignment on a tensor made inside
+        return self.conv(x) + table
+
+
+def test_item_assignment_and_metadata_attributes():
+    model, x = SetItemAndDevice().eval(), torch.randn(2, 3, 5, 5)
+    gm, info = capture(model, (x,))
+    assert info["method"] == "concrete"
+    torch.testing.assert_close(gm(x), model(x))
+
+
+class Defaults(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.q = nn.Linear(8, 8)
+
+    def forward(self, x, attn_mask=None, is_causal=False):
+        q = self.q(x).unsqueeze(1)
+        return F.scaled_dot_product_attention(q, q, q, attn_mask=attn_mask, is_causal=is_causal).squeeze(1)
+
+
+def test_arguments_after_the_example_inputs_take_their_defaults(tmp_path):
+    """timm's ViTs take `attn_mask=None, is_causal=False`: as graph inputs the exporter made `is_causal` a
+    tensor and failed; they are the model's defaults, inlined."""
+    model, x = Defaults().eval(), torch.randn(2, 5, 8)
+    result = fxcompress.compile(model, [ExportONNX(str(tmp_path / "d.onnx"))], x, progress=False)
+    assert result.report.capture["fixed_arguments"] == {"attn_mask": "None", "is_causal": "False"}
+    assert [n.target for n in result.model.graph.nodes if n.op == "placeholder"] == ["x"]
+    assert (tmp_path / "d.onnx").exists()
