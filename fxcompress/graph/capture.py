@@ -23,7 +23,7 @@ from .canonical import canonicalize, has_canonical_form
 from .concrete import ConcreteTracer
 from torch.fx._symbolic_trace import _assert_is_none as _ASSERT_IS_NONE
 
-from .tracing import _attribute_names, _drop_added_attributes, _failing_module, _graph_module, trace
+from .tracing import _failing_module, _graph_module, preserved_state, trace
 
 
 def capture(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor], leaf_modules: Iterable = ()
@@ -83,18 +83,18 @@ def _drop_fixed_arguments(gm: fx.GraphModule, defaults: Dict[str, object]) -> No
 
 def _concrete_trace(model, example_inputs, leaf_modules, symbolic_error: TraceError, concrete_args=None):
     tracer = ConcreteTracer(example_inputs, leaf_modules, keep_whole=has_canonical_form)
-    before = _attribute_names(model)
+    state = preserved_state(model)
     try:
         graph = tracer.trace(model, concrete_args)
     except Exception as e:  # noqa: BLE001 - any failure of the second tracer is reported with the first's
-        _drop_added_attributes(model, before)
+        state.restore()
         module, where = _failing_module(model, sys.exc_info()[2])
         raise TraceError(f"{symbolic_error}\nTracing specialised on the example inputs failed too: module {module} "
                          f"at {where}: {type(e).__name__}: {e}") from e
     try:
         return _graph_module(tracer.root, graph, type(model).__name__), tracer.specialised
     finally:
-        _drop_added_attributes(model, before)
+        state.restore()
 
 
 def _variants(example_inputs) -> Dict[str, list]:
@@ -107,7 +107,13 @@ def _variants(example_inputs) -> Dict[str, list]:
 
 def _check_against_model(gm: fx.GraphModule, model: torch.nn.Module, example_inputs) -> Dict[str, object]:
     """The specialised graph must compute the model on the example; on a second batch and image size it is
-    checked too and the report says whether it holds there (a frozen branch or padding may not)."""
+    checked too and the report says whether it holds there (a frozen branch or padding may not). The model's
+    own state (what its forward caches) is left as it was."""
+    with preserved_state(model):
+        return _compare_with_model(gm, model, example_inputs)
+
+
+def _compare_with_model(gm: fx.GraphModule, model: torch.nn.Module, example_inputs) -> Dict[str, object]:
     with torch.no_grad():
         compare_outputs(gm(*example_inputs), model(*example_inputs), TOLERANCES["exact_transform"],
                         "graph traced on the example inputs vs the model")

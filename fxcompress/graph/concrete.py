@@ -126,6 +126,10 @@ class ConcreteTracer(LeafTracer):
 
     def _run(self, node: fx.Node, args, kwargs) -> Any:
         if node.op == "placeholder":
+            if str(node.target).startswith("**"):   # forward(x, *args, **kwargs): called with x alone
+                return {}
+            if str(node.target).startswith("*"):
+                return ()
             i = self._placeholders
             self._placeholders += 1
             if i < len(self.example_inputs):

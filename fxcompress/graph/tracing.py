@@ -85,11 +85,11 @@ def trace(model: torch.nn.Module, leaf_modules: Iterable = (), keep_whole=None, 
     if isinstance(model, fx.GraphModule):
         return model
     tracer = LeafTracer(leaf_modules, keep_whole)
-    before = _attribute_names(model)
+    state = preserved_state(model)
     try:
         graph = tracer.trace(model, concrete_args)
     except Exception as e:
-        _drop_added_attributes(model, before)  # torch.fx raises several types (TraceError, TypeError, RuntimeError, ...)
+        state.restore()  # torch.fx raises several types (TraceError, TypeError, RuntimeError, ...)
         module, where = _failing_module(model, sys.exc_info()[2])
         raise TraceError(
             f"cannot trace {type(model).__name__}: module {module} at {where} failed: "
@@ -100,18 +100,35 @@ def trace(model: torch.nn.Module, leaf_modules: Iterable = (), keep_whole=None, 
     try:
         return _graph_module(tracer.root, graph, type(model).__name__)
     finally:
-        _drop_added_attributes(model, before)
+        state.restore()   # after the GraphModule took fx's tensor constants from the root
 
 
-def _attribute_names(module: torch.nn.Module) -> set:
-    return set(module.__dict__) | set(module._parameters) | set(module._buffers) | set(module._modules)
+class preserved_state:
+    """Tracing runs the model's Python with proxies, and some of it caches state on its modules (a detection
+    head storing its anchors and the input shape it saw): every module's plain attributes, parameters, buffers
+    and submodules are put back as they were by `restore()` (or when the block ends), whether tracing succeeded
+    or not; so are fx's tensor constants (`_tensor_constant0`...), which it stores on the root."""
 
+    def __init__(self, model: torch.nn.Module):
+        self.saved = [(m, dict(m.__dict__), dict(m._parameters), dict(m._buffers), dict(m._modules))
+                      for m in model.modules()]
 
-def _drop_added_attributes(model: torch.nn.Module, before: set) -> None:
-    """fx's tracer stores tensor constants on the root module (`_tensor_constant0`...); the GraphModule
-    holds its own reference, so take them off the user's model, which tracing must not change."""
-    for name in _attribute_names(model) - before:
-        delattr(model, name)
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.restore()
+        return False
+
+    def restore(self) -> None:
+        for m, attrs, params, buffers, modules in self.saved:
+            for store, saved in ((m._parameters, params), (m._buffers, buffers), (m._modules, modules)):
+                if store != saved:
+                    store.clear()
+                    store.update(saved)
+            if m.__dict__.keys() != attrs.keys() or any(m.__dict__[k] is not v for k, v in attrs.items()):
+                m.__dict__.clear()
+                m.__dict__.update(attrs)
 
 
 def _graph_module(root: torch.nn.Module, graph: fx.Graph, name: str) -> fx.GraphModule:

@@ -1,4 +1,5 @@
-"""Pooling (max, average, adaptive; 1-3 spatial dims; module and functional).
+"""Pooling (max, average, adaptive; 1-3 spatial dims; module and functional) and upsampling (nn.Upsample,
+F.interpolate: the FPN of a detector).
 
 Channels: batch and channel dims pass through; spatial dims are the op's business. INT8: average pools
 run as QLinearAveragePool / QLinearGlobalAveragePool (input and output requantized); max-pools only
@@ -34,6 +35,14 @@ def pool_coupling(spatial: int):
 
 for _spatial, (_modules, _functions) in POOLS.items():
     COUPLING.register(*_modules, *_functions, rule=pool_coupling(_spatial))
+
+@COUPLING.register(nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d, F.interpolate, F.upsample)
+def upsample_coupling(r) -> None:
+    """Batch and channel dims pass through; the spatial dims are resampled."""
+    x, y = r.arg(0, "input"), r.out()
+    for d in range(min(2, r.rank(y))):
+        r.same(x, d, y, d)
+
 
 AVERAGE_POOL = QuantRule("requantize")
 QUANT.register(nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AvgPool1d, nn.AvgPool2d, F.adaptive_avg_pool2d,

@@ -99,3 +99,29 @@ def test_arguments_after_the_example_inputs_take_their_defaults(tmp_path):
     assert result.report.capture["fixed_arguments"] == {"attn_mask": "None", "is_causal": "False"}
     assert [n.target for n in result.model.graph.nodes if n.op == "placeholder"] == ["x"]
     assert (tmp_path / "d.onnx").exists()
+
+
+class CachesShape(nn.Module):
+    """Like ultralytics' Detect head: caches the input shape it saw (here a proxy while tracing) and iterates
+    its *args (a placeholder fx cannot iterate)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+        self.shape = None
+
+    def forward(self, x, *args, **kwargs):
+        if self.shape != x.shape:
+            self.shape = x.shape
+        for extra in args:
+            x = x + extra
+        return self.conv(x)
+
+
+def test_tracing_leaves_the_models_own_state_as_it_was():
+    model, x = CachesShape().eval(), torch.randn(1, 3, 4, 4)
+    before = dict(model.__dict__)
+    gm, info = capture(model, (x,))
+    assert model.__dict__.keys() == before.keys() and model.shape is None     # no proxy left behind
+    assert not any(k.startswith("_tensor_constant") for k in vars(model))
+    torch.testing.assert_close(gm(x), model(x))

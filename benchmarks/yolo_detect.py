@@ -1,0 +1,106 @@
+"""Detectors from the wild: ultralytics YOLOv8n and YOLO11n (built from their bundled YAML, random weights,
+BatchNorm statistics re-estimated on random images), pruned to half the MACs and quantized, against FP32 at
+640x640, side by side in one run.
+
+Per model: capture (the report says which tracer read it), MagnitudePrune(target_macs=0.5, round_to=8)
+(exactness checked by the pass) + ExportONNX (onnxruntime parity on every output), then FoldBatchNorm +
+QuantizeINT8(kl) + ExportONNX (the INT8 check on every output). Latency: onnxruntime, 2 threads, batch 1,
+medians of interleaved runs.
+
+    python benchmarks/yolo_detect.py [--models yolov8n yolo11n] [--runs 20] [--calib-images 16]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import traceback
+import warnings
+
+import torch
+
+import fxcompress
+from fxcompress.core.files import atomic_write_text
+from fxcompress.models.random_init import recalibrate_batchnorm
+from fxcompress.onnx.measure import interleaved_latency
+from fxcompress.passes import ChannelGroups, CountFlops, ExportONNX, FoldBatchNorm, MagnitudePrune, QuantizeINT8
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from provenance import provenance  # noqa: E402  (benchmarks/provenance.py)
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def build(name: str, size: int):
+    from ultralytics.nn.tasks import DetectionModel   # a benchmark dependency, never a runtime one
+    torch.manual_seed(0)
+    model = DetectionModel(f"{name}.yaml", verbose=False)
+    return recalibrate_batchnorm(model, (1, 3, size, size), batches=2, batch_size=4).eval()
+
+
+def run_model(name: str, args, work: str) -> dict:
+    row = {"model": name}
+    model = build(name, args.size)
+    example = (torch.randn(1, 3, args.size, args.size),)
+    gen = torch.Generator().manual_seed(1)
+    calib = [torch.randn(4, 3, args.size, args.size, generator=gen) for _ in range(args.calib_images // 4)]
+    paths = {k: os.path.join(work, f"{name}_{k}.onnx") for k in ("fp32", "pruned_fp32", "pruned_int8")}
+    fp32 = fxcompress.compile(model, [CountFlops(), ExportONNX(paths["fp32"])], example)
+    row["capture"] = {k: v for k, v in fp32.report.capture.items() if k != "specialised"}
+    pruned = fxcompress.compile(model, [ChannelGroups(), MagnitudePrune(target_macs=0.5, round_to=8),
+                                        ExportONNX(paths["pruned_fp32"])], example)
+    groups, prune, export = pruned.report.records
+    row.update(macs=prune.macs_before, macs_pruned=prune.macs_after, params=prune.params_before,
+               params_pruned=prune.params_after, prune_max_rel_error=prune.metrics.get("max_rel_error"),
+               onnx_max_rel_error=export.metrics.get("max_rel_error"), fixed_reasons=groups.metrics.get("fixed_reasons"))
+    quant = fxcompress.compile(pruned.model, [FoldBatchNorm(), QuantizeINT8(method="kl"),
+                                              ExportONNX(paths["pruned_int8"])], example, calib_loader=calib)
+    row["int8_export"] = {k: v for k, v in quant.report.records[-1].metrics.items() if not isinstance(v, (list, dict))}
+    row["bytes"] = {k: os.path.getsize(p) for k, p in paths.items()}
+    row["latency_ms_b1"] = interleaved_latency(paths, example[0], runs=args.runs, warmup=3)
+    lat = row["latency_ms_b1"]
+    row["speedup_pruned_int8"] = lat["fp32"] / lat["pruned_int8"]
+    row["speedup_pruned_fp32"] = lat["fp32"] / lat["pruned_fp32"]
+    return row
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="*", default=["yolov8n", "yolo11n"])
+    ap.add_argument("--size", type=int, default=640)
+    ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--calib-images", type=int, default=16)
+    ap.add_argument("--out", default=os.path.join(HERE, "results", "yolo_detect.json"))
+    args = ap.parse_args(argv)
+    warnings.filterwarnings("ignore")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="yolo_") as work:
+        for name in args.models:
+            try:
+                rows.append(run_model(name, args, work))
+            except Exception as e:  # noqa: BLE001 - a failing model is a row with its reason
+                rows.append({"model": name, "error": f"{type(e).__name__}: {str(e)[:400]}",
+                             "trace": traceback.format_exc(limit=-3)})
+    print(f"\n## YOLO at {args.size}x{args.size}: pruned to half the MACs + INT8 (onnxruntime, 2 threads, batch 1, "
+          f"medians of {args.runs} interleaved runs)\n")
+    print("| model | capture | MACs | params | prune err | ONNX err | INT8 check | FP32 ms | pruned FP32 ms | "
+          "pruned INT8 ms | speed-up |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        if "error" in r:
+            print(f"| {r['model']} | failed: {r['error']} |")
+            continue
+        lat, check = r["latency_ms_b1"], r["int8_export"]
+        print(f"| {r['model']} | {r['capture']['method']} | {r['macs'] / 1e9:.2f}G -> {r['macs_pruned'] / 1e9:.2f}G | "
+              f"{r['params'] / 1e6:.2f}M -> {r['params_pruned'] / 1e6:.2f}M | {r['prune_max_rel_error']:.1e} | "
+              f"{r['onnx_max_rel_error']:.1e} | {'passed' if check.get('passed', True) else 'FAILED'} | "
+              f"{lat['fp32']:.1f} | {lat['pruned_fp32']:.1f} | {lat['pruned_int8']:.1f} | "
+              f"{r['speedup_pruned_int8']:.2f}x |")
+    atomic_write_text(args.out, json.dumps({"rows": rows, "size": args.size, "runs": args.runs,
+                                            "provenance": provenance(ort_threads=2)}, indent=1, default=str))
+    return 0 if all("error" not in r for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
