@@ -64,3 +64,12 @@ def provenance(ort_threads: Optional[int] = None, **extra) -> dict:
 if __name__ == "__main__":
     import json
     print(json.dumps(provenance(), indent=1))
+
+
+def scrub_paths(text: str) -> str:
+    """A results file names no machine path: installed packages as `site-packages/...`, the checkout and
+    temporary folders dropped."""
+    import re
+    text = re.sub(r"/[^\s'\"]*?/site-packages/", "site-packages/", text)
+    text = re.sub(r"/tmp/[^\s'\"/]+/", "", text)
+    return text.replace(REPO + "/", "")

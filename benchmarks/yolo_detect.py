@@ -27,7 +27,7 @@ from fxcompress.models.random_init import recalibrate_batchnorm
 from fxcompress.onnx.measure import interleaved_latency
 from fxcompress.passes import ChannelGroups, CountFlops, ExportONNX, FoldBatchNorm, MagnitudePrune, QuantizeINT8
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from provenance import provenance  # noqa: E402  (benchmarks/provenance.py)
+from provenance import provenance, scrub_paths  # noqa: E402  (benchmarks/provenance.py)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -105,8 +105,8 @@ def main(argv=None) -> int:
               f"{r['params'] / 1e6:.2f}M -> {r['params_pruned'] / 1e6:.2f}M | {r['prune_max_rel_error']:.1e} | "
               f"{r['onnx_max_rel_error']:.1e} | {int8} | {lat['fp32']:.1f} | {lat['pruned_fp32']:.1f} | {int8_ms} | "
               f"{speedup:.2f}x |")
-    atomic_write_text(args.out, json.dumps({"rows": rows, "size": args.size, "runs": args.runs,
-                                            "provenance": provenance(ort_threads=2)}, indent=1, default=str))
+    atomic_write_text(args.out, scrub_paths(json.dumps({"rows": rows, "size": args.size, "runs": args.runs,
+                                            "provenance": provenance(ort_threads=2)}, indent=1, default=str)))
     return 0 if all("error" not in r and "int8_error" not in r for r in rows) else 1
 
 

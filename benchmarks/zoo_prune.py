@@ -37,7 +37,7 @@ import fxcompress
 from fxcompress.passes import ChannelGroups, ExportONNX, MagnitudePrune, ResRep
 from fxcompress.passes.resrep import UnreachableTarget
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from provenance import provenance  # noqa: E402  (benchmarks/provenance.py)
+from provenance import provenance, scrub_paths  # noqa: E402  (benchmarks/provenance.py)
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -246,7 +246,7 @@ def write(rows, args) -> int:
                "size": args.size, "passed": sum(r["status"] == "ok" for r in rows), "total": len(rows), "rows": rows,
                "provenance": provenance(ort_threads=None)}   # onnxruntime only checks parity here, untimed
     with open(args.out + ".json", "w") as f:
-        json.dump(payload, f, indent=1)
+        f.write(scrub_paths(json.dumps(payload, indent=1)))
     with open(args.out + ".md", "w") as f:
         f.write(text + "\n")
     return 0 if payload["passed"] == payload["total"] else 1
