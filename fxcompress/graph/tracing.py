@@ -112,6 +112,9 @@ class preserved_state:
     def __init__(self, model: torch.nn.Module):
         self.saved = [(m, dict(m.__dict__), dict(m._parameters), dict(m._buffers), dict(m._modules))
                       for m in model.modules()]
+        # caches filled in place (timm's attention_bias_cache dicts): their contents, one level deep
+        self.contents = [(v, v.copy()) for _, attrs, *_ in self.saved for v in attrs.values()
+                         if type(v) in (dict, list, set)]
 
     def __enter__(self):
         return self
@@ -129,6 +132,10 @@ class preserved_state:
             if m.__dict__.keys() != attrs.keys() or any(m.__dict__[k] is not v for k, v in attrs.items()):
                 m.__dict__.clear()
                 m.__dict__.update(attrs)
+        for container, saved in self.contents:
+            if container != saved:
+                container.clear()
+                container.update(saved) if isinstance(container, (dict, set)) else container.extend(saved)
 
 
 def _graph_module(root: torch.nn.Module, graph: fx.Graph, name: str) -> fx.GraphModule:

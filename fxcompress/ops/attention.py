@@ -56,6 +56,33 @@ def multihead_attention_macs(v) -> int:
     return B * (L * e_in * h * qk + S * e_in * h * (qk + vd) + L * S * h * (qk + vd) + L * h * vd * e_out)
 
 
+@COUPLING.register(F.scaled_dot_product_attention)
+def sdpa_coupling(r) -> None:
+    """q [.., L, E], k [.., S, E], v [.., S, Ev] -> out [.., L, Ev]: leading (batch, head) dims shared by all
+    four; q's and k's embedding positions go together (their dot products lose only zeroed terms; the
+    softmax scale, 1/sqrt(E) by default, is kept by the resize rule), v's with the output's; queries with the
+    output, keys with values. A mask tensor or a dropout in training stays out (its dims stay fixed)."""
+    q, k, v, y = r.arg(0, "query"), r.arg(1, "key"), r.arg(2, "value"), r.out()
+    if r.raw(3, "attn_mask") is not None:
+        raise ValueError("attention mask tensor")
+    rank = r.rank(y)
+    for d in range(rank - 2):
+        for t in (k, v, y):
+            r.same(q, d, t, d)
+    r.same(q, rank - 2, y, rank - 2)
+    r.same(k, rank - 2, v, rank - 2)
+    r.same(q, rank - 1, k, rank - 1)
+    r.same(v, rank - 1, y, rank - 1)
+
+
+@RESIZE.register(F.scaled_dot_product_attention)
+def sdpa_resize(s, node, _):
+    """Fewer q/k embedding positions must not change the softmax scale: write the original one."""
+    old, new = s.old_shape(node.args[0])[-1], s.node_shape(node.args[0])[-1]
+    if old != new and node.kwargs.get("scale") is None and len(node.args) < 7:
+        node.kwargs = {**node.kwargs, "scale": old ** -0.5}
+
+
 @MACS.register(F.scaled_dot_product_attention)
 def sdpa_macs(v) -> int:
     q, k = v.arg(0), v.arg(1)

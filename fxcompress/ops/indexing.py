@@ -66,13 +66,26 @@ def _split_outputs(r, x, sizes, dim, equal: bool) -> None:
         r.couple(x, dim, x, dim, np.arange(total), np.arange(total) % sizes[0], kind="equal split")
 
 
+def _unbind_outputs(r, x, dim, n_out: int) -> None:
+    """Output i is x.select(dim, i): the other dims pass through; the unbound dim stays whole (one output per
+    position: packed q/k/v, say)."""
+    dim = dim % r.rank(x)
+    for i in range(n_out):
+        y = r.out(i)
+        for d in range(r.rank(x)):
+            if d != dim:
+                r.same(x, d, y, d if d < dim else d - 1)
+    r.block(x, dim, f"{r.name}: one output per position of the unbound dim")
+
+
 @COUPLING.register("split", "chunk", "split_with_sizes", "unbind", torch.split, torch.chunk, torch.unbind)
 def split_coupling(r) -> None:
     x = r.arg(0, "input")
     name = r.node.target if isinstance(r.node.target, str) else r.node.target.__name__
     n_out = r.n_outputs()
     if name == "unbind":
-        raise ValueError("unbind removes the dim")
+        _unbind_outputs(r, x, r.raw(1, "dim", 0), n_out)
+        return
     spec = r.raw(1, "chunks" if name == "chunk" else "split_size_or_sections")
     if spec is None:
         spec = r.raw(1, "split_size")

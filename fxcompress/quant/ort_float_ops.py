@@ -1,7 +1,8 @@
 """onnxruntime's float kernels, bit for bit, for the float ops left between quantized ones (Sigmoid/SiLU
-gates, BatchNorms FoldBatchNorm cannot fold): the fake-quant model must compute their outputs exactly as
-onnxruntime does, or the next quantizer's codes can differ by a step (efficientnet_b7, densenet121). Which
-kernel variant this CPU's onnxruntime runs is probed once per process. Used by `emulate.py`.
+gates, BatchNorms FoldBatchNorm cannot fold, softmaxes): the fake-quant model must compute their outputs
+exactly as onnxruntime does, or the next quantizer's codes can differ by a step (efficientnet_b7,
+densenet121, YOLOv8's DFL softmax). Which kernel variant this CPU's onnxruntime runs is probed once per
+process. Used by `emulate.py`.
 """
 from __future__ import annotations
 
@@ -196,3 +197,118 @@ def float_batch_norm(node: fx.Node, modules) -> Optional[nn.Module]:
     if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_var is not None and m.running_mean is not None:
         return m
     return None
+
+
+# MLAS's softmax (onnxruntime/core/mlas/lib/compute.cpp, MlasComputeSoftmaxThreaded), row by row along the axis
+# (opset 13 transposes it last; opset < 13 rows are the flattened trailing dims): max, e = exp(x - max) by
+# MLAS's own polynomial (MlasExpConstants), sum of e over SIMD lanes, y = e * fl32(1 / sum) (a multiply,
+# not a division). Per kernel (x86_64 TransKernel*.S): the lower clamp of x - max, how 2^m is applied, and the
+# accumulator's width; lane j sums elements j, j + width, ... in order, then the lanes are added pairwise.
+_EXP = {"lower": -103.9720840454, "lower_sum_exp": -88.3762626647949, "rounding_bias": 12582912.0,
+        "log2_reciprocal": 1.44269504088896341, "log2_high": -6.93145752e-1, "log2_low": -1.42860677e-6,
+        "poly": tuple(float.fromhex(h) for h in ("0x1.694000p-10", "0x1.125edcp-7", "0x1.555b5ap-5",
+                                                  "0x1.555450p-3", "0x1.fffff6p-2", "0x1.0p+0", "0x1.0p+0"))}
+# AVX512F: clamp at -103.97, vscalefps (exact 2^m, denormals rounded once), 16 lanes (48 per step, then 16,
+# masked); FMA3 (AVX2): clamp at -88.38, 2^m built in the exponent bits, 8 lanes (read from the source, not
+# measured: this machine runs AVX512F). The SSE2 / NEON C kernels (4 lanes, scalar tail) are not reproduced.
+SOFTMAX_VARIANTS = ("avx512f", "fma3")
+
+
+def _exp_bits_scale(biased: torch.Tensor) -> torch.Tensor:
+    """2^m as MLAS's FMA3 kernel makes it: (bits of m + rounding bias) << 23, + the bits of 1.0, in int32."""
+    bits = ((biased.view(torch.int32).long() << 23) + 0x3F800000) & 0xFFFFFFFF
+    return torch.where(bits >= 2 ** 31, bits - 2 ** 32, bits).to(torch.int32).view(torch.float32)
+
+
+def _mlas_sum_exp_terms(v: torch.Tensor, variant: str) -> torch.Tensor:
+    """exp(v) for v = x - max <= 0, as MlasComputeSumExpF32Kernel's variant computes it (float32, fused)."""
+    def const(c):
+        return torch.tensor(c, dtype=torch.float32, device=v.device)
+    bias = const(_EXP["rounding_bias"])
+    v = torch.maximum(v, const(_EXP["lower" if variant == "avx512f" else "lower_sum_exp"]))
+    biased = fma32(v, const(_EXP["log2_reciprocal"]), bias)
+    m = biased - bias
+    v = fma32(m, const(_EXP["log2_high"]), v)
+    v = fma32(m, const(_EXP["log2_low"]), v)
+    p = const(_EXP["poly"][0]).expand_as(v)
+    for c in _EXP["poly"][1:]:
+        p = fma32(p, v, const(c))
+    if variant == "avx512f":
+        return (p.double() * torch.exp2(m.double())).float()     # exact product, one rounding (vscalefps)
+    return p * _exp_bits_scale(biased)
+
+
+def _lane_sum(e: torch.Tensor, lanes: int) -> torch.Tensor:
+    """Row sums of e [rows, D] in the kernel's order: `lanes` accumulators, then halves added pairwise
+    (AVX512F: lane i + lane i+8, then vhaddps twice and the two 128-bit halves)."""
+    rows, d = e.shape
+    e = torch.cat([e, e.new_zeros(rows, (-d) % lanes)], 1).reshape(rows, -1, lanes)
+    acc = e[:, 0]
+    for k in range(1, e.shape[1]):
+        acc = acc + e[:, k]
+    if lanes == 16:
+        acc = acc[:, 8:] + acc[:, :8]
+    pairs = [acc[:, 2 * i] + acc[:, 2 * i + 1] for i in range(4)]
+    return (pairs[0] + pairs[1]) + (pairs[2] + pairs[3])
+
+
+def mlas_softmax(x: torch.Tensor, dim: int, variant: str = "avx512f") -> torch.Tensor:
+    """onnxruntime's float Softmax over `dim`, bit for bit (for the variant it runs: `ort_softmax_variant`)."""
+    moved = x.float().movedim(dim, -1)
+    rows = moved.reshape(-1, moved.shape[-1])
+    e = _mlas_sum_exp_terms(rows + (-rows.amax(1, keepdim=True)), variant)
+    total = _lane_sum(e, 16 if variant == "avx512f" else 8)
+    out = e * (torch.ones_like(total) / total)[:, None]
+    return out.reshape(moved.shape).movedim(-1, dim)
+
+
+def _softmax_probe() -> Tuple[torch.Tensor, ...]:
+    """Rows of 16 (YOLOv8's DFL), 37 (a masked tail), 100 (the 48-wide steps), spreads that reach the clamps."""
+    g = torch.Generator().manual_seed(0)
+    return (torch.randn(256, 16, generator=g) * 4.0, torch.randn(128, 37, generator=g) * 30.0,
+            torch.randn(64, 100, generator=g) * 2.0)
+
+
+@functools.lru_cache(maxsize=None)
+def ort_softmax_variant() -> Optional[str]:
+    """The `mlas_softmax` variant that reproduces this onnxruntime's Softmax (opset 17, last axis) on probe
+    rows bit for bit; None if none does (or no onnxruntime)."""
+    try:
+        import onnxruntime as ort
+        from onnx import TensorProto, helper
+    except ImportError:   # pragma: no cover
+        return None
+    graph = helper.make_graph([helper.make_node("Softmax", ["x"], ["y"], axis=-1)], "softmax_probe",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, None])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, None])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    try:
+        session = _probe_session(model, ort)
+        probes = [(x, torch.from_numpy(session.run(None, {"x": x.numpy()})[0])) for x in _softmax_probe()]
+    except Exception:   # noqa: BLE001 - no probe, no emulation: torch's softmax stays
+        return None
+    for variant in SOFTMAX_VARIANTS:
+        if all(torch.equal(mlas_softmax(x, -1, variant), y) for x, y in probes):
+            return variant
+    return None
+
+
+_SOFTMAX_FUNCTIONS = (torch.softmax, F.softmax, torch.Tensor.softmax)
+
+
+def softmax_dim(node: fx.Node, modules) -> Optional[int]:
+    """The dim of a node computing a float32 softmax (nn.Softmax, F.softmax, torch.softmax, x.softmax), else
+    None (an implicit dim, a dtype given positionally or other than float32)."""
+    if node.op == "call_module":
+        m = modules.get(node.target)
+        dim, dtype = (m.dim, None) if isinstance(m, nn.Softmax) else (None, None)
+    elif ((node.op == "call_function" and node.target in _SOFTMAX_FUNCTIONS)
+          or (node.op == "call_method" and node.target == "softmax")) and len(node.args) <= 2 \
+            and set(node.kwargs) <= {"dim", "dtype", "_stacklevel"}:
+        dim, dtype = node.args[1] if len(node.args) == 2 else node.kwargs.get("dim"), node.kwargs.get("dtype")
+    else:
+        return None
+    meta_dtype = getattr(node.meta.get("tensor_meta"), "dtype", torch.float32)
+    if not isinstance(dim, int) or dtype not in (None, torch.float32) or meta_dtype != torch.float32:
+        return None
+    return dim

@@ -109,10 +109,12 @@ class CachesShape(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(3, 4, 1)
         self.shape = None
+        self.cache = {}   # filled in place, like timm's attention_bias_cache
 
     def forward(self, x, *args, **kwargs):
         if self.shape != x.shape:
             self.shape = x.shape
+            self.cache[str(x.device)] = x.shape[-1]
         for extra in args:
             x = x + extra
         return self.conv(x)
@@ -123,5 +125,6 @@ def test_tracing_leaves_the_models_own_state_as_it_was():
     before = dict(model.__dict__)
     gm, info = capture(model, (x,))
     assert model.__dict__.keys() == before.keys() and model.shape is None     # no proxy left behind
+    assert model.cache == {}
     assert not any(k.startswith("_tensor_constant") for k in vars(model))
     torch.testing.assert_close(gm(x), model(x))

@@ -1,6 +1,7 @@
 """The pruned-attention replacements compute exactly what torch / torchvision compute before pruning."""
 import math
 
+import pytest
 import torch
 import torch.nn as nn
 from torchvision.models.swin_transformer import shifted_window_attention
@@ -95,3 +96,31 @@ def test_macs_rules_match_the_unpruned_ops():
     gm.recompile()
     propagate_shapes(gm, (x,))
     assert count_macs(gm).macs == before > 0
+
+
+class PackedSdpa(nn.Module):
+    """timm's Attention: one qkv linear, reshape to (3, heads, head_dim), unbind, F.scaled_dot_product_attention
+    with its default 1 / sqrt(head_dim) scale."""
+
+    def __init__(self, dim=16, heads=2):
+        super().__init__()
+        self.heads, self.head_dim = heads, dim // heads
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x):
+        B, N, _ = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.proj(y.transpose(1, 2).reshape(B, N, self.heads * self.head_dim))
+
+
+def test_packed_qkv_with_sdpa_prunes_head_dims_exactly_keeping_the_scale():
+    import fxcompress
+    from fxcompress.passes import MagnitudePrune
+    model, x = PackedSdpa().eval(), torch.randn(2, 5, 16)
+    result = fxcompress.compile(model, [MagnitudePrune(0.5)], x, progress=False)
+    record = result.report.records[0]
+    assert result.model.qkv.out_features < 48 and record.metrics["max_rel_error"] < 1e-5
+    sdpa = next(n for n in result.model.graph.nodes if n.target is torch.nn.functional.scaled_dot_product_attention)
+    assert sdpa.kwargs["scale"] == pytest.approx(8 ** -0.5)    # the unpruned head_dim's scale, written out
