@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Iterable, Optional
 
 from fxcompress.prune.apply import prune
@@ -12,6 +13,12 @@ from fxcompress.prune.plan import (PlanMacs, magnitude_scores, plan_from_scores,
                                    select_groups)
 
 from .channel_groups import ChannelGroups
+
+LITTLE_PRUNED = 0.10   # below this fraction of the parameters removed, the pass warns and names the blockers
+
+
+class PruningWarning(UserWarning):
+    """A pruning pass removed far less than asked: some op or module fixes most channel groups."""
 
 
 class MagnitudePrune(TransformPass):
@@ -89,7 +96,15 @@ class MagnitudePrune(TransformPass):
                 plan, macs = refine_to_target(plan, macs, groups, scores, self.round_to, macs_of, target)
         else:
             plan, macs = make_plan(ratio), None
+        params_before = sum(p.numel() for p in ctx.gm.parameters())
         ctx.gm, metrics = prune(ctx.gm, result, plan, ctx.example_inputs)
+        removed = 1 - sum(p.numel() for p in ctx.gm.parameters()) / max(params_before, 1)
+        if removed < LITTLE_PRUNED and (ratio > 0 or self.target_macs is not None):
+            # a model that barely prunes says so, with what fixes its largest groups
+            blocked = result.largest_fixed()
+            metrics["warning"] = (f"only {removed:.1%} of the parameters removed; the largest fixed groups: "
+                                  + " | ".join(blocked))
+            warnings.warn(f"MagnitudePrune: {metrics['warning']}", PruningWarning, stacklevel=2)
         if macs is not None:   # the one physical apply confirms the MACs the search predicted from shapes
             applied = count_macs(ctx.gm).macs
             if applied != macs:

@@ -98,6 +98,15 @@ class ChannelGroupsResult:
         tuple: a third cheaper than a frozenset of the two)."""
         return len({(a, b) if a < b else (b, a) for a, b, _ in self.dim_edges if a != b})
 
+    def largest_fixed(self, top: int = 5) -> List[str]:
+        """The fixed groups holding the most parameters, each with the first thing that fixes it: what a user
+        whose model barely pruned reads first."""
+        fixed = sorted((g for g in self.groups if not g.prunable and g.params_per_unit > 0),
+                       key=lambda g: -g.params_per_unit * g.size)
+        return [f"{g.size} channels of {', '.join(g.modules()[:2]) or 'no module'} "
+                f"({g.params_per_unit * g.size / 1e6:.2f}M parameters): {g.reasons[0] if g.reasons else '?'}"
+                for g in fixed[:top]]
+
     def summary(self) -> dict:
         fixed: Dict[str, int] = {}
         for g in self.groups:

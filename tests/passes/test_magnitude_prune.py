@@ -192,3 +192,24 @@ def test_torchvision_subset(name, tmp_path):
         assert p.grad.shape == p.shape and torch.isfinite(p.grad).all(), n
         shrunk += n in original and p.shape != original[n].shape and p.numel() < original[n].numel()
     assert shrunk > 0, "no parameter was pruned"
+
+
+class _LayerNormed(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.n, self.b = torch.nn.Conv2d(3, 64, 3), torch.nn.LayerNorm([64, 6, 6]), torch.nn.Conv2d(64, 10, 1)
+
+    def forward(self, x):
+        return self.b(self.n(self.a(x))).mean((2, 3))
+
+
+def test_a_model_that_barely_prunes_says_so_naming_what_blocks_it():
+    import warnings
+    from fxcompress.passes.magnitude_prune import PruningWarning
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = fxcompress.compile(_LayerNormed().eval(), [MagnitudePrune(0.5)], torch.randn(1, 3, 8, 8),
+                                    progress=False)
+    message = result.report.records[0].metrics["warning"]
+    assert "0.0% of the parameters removed" in message and "normalised by LayerNorm (n)" in message
+    assert any(issubclass(w.category, PruningWarning) for w in caught)
