@@ -151,12 +151,32 @@ def run_one(name: str, args, tmpdir: str) -> dict:
             raise RuntimeError("backward gave missing or non-finite gradients")
         row["status"] = "ok"
         os.unlink(path)
+        if args.int8:
+            row.update(int8_of(pruned, x, tmpdir, name))
     except Exception as e:  # the sweep records every failure with its reason and goes on
         row["reason"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
         row["trace"] = traceback.format_exc(limit=-3)
     row["seconds"] = round(time.perf_counter() - start, 2)
     gc.collect()
     return row
+
+
+def int8_of(pruned, x: torch.Tensor, tmpdir: str, name: str) -> dict:
+    """FoldBatchNorm + QuantizeINT8(kl) + ExportONNX of the pruned model (calibrated on 16 random inputs):
+    whether the INT8 check passes, and the share of MACs in integer kernels; recorded, not part of the row's
+    status (the pruning sweep's)."""
+    from fxcompress.passes import FoldBatchNorm, QuantizeINT8
+    gen = torch.Generator().manual_seed(1)
+    calib = [torch.randn(4, *x.shape[1:], generator=gen) for _ in range(4)]
+    path = os.path.join(tmpdir, f"{name}_int8.onnx")
+    try:
+        result = fxcompress.compile(pruned.eval(), [FoldBatchNorm(), QuantizeINT8(method="kl"), ExportONNX(path)], x,
+                                    calib_loader=calib, progress=False)
+        os.unlink(path)
+        m = result.report.records[-1].metrics
+        return {"int8": "ok", "int8_mac_fraction": m.get("int8_mac_fraction")}
+    except Exception as e:  # noqa: BLE001 - recorded with its reason
+        return {"int8": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"}
 
 
 def table(rows) -> str:
@@ -173,6 +193,12 @@ def table(rows) -> str:
                      f"{r['reason']} |")
     ok = sum(r["status"] == "ok" for r in rows)
     lines.append(f"\n**{ok} / {len(rows)} models pruned, exact, exported and verified in onnxruntime.**")
+    int8 = [r for r in rows if "int8" in r]
+    if int8:
+        lines.append(f"\nINT8 (FoldBatchNorm + QuantizeINT8 + the INT8 check) of the pruned models: "
+                     f"{sum(r['int8'] == 'ok' for r in int8)} / {len(int8)} pass.\n")
+        lines += ["| model | INT8 | integer MACs |", "|---|---|---|"]
+        lines += [f"| {r['model']} | {r['int8']} | {r.get('int8_mac_fraction') or 0:.1%} |" for r in int8]
     return "\n".join(lines)
 
 
@@ -187,6 +213,8 @@ def main(argv=None):
                    help="resrep: wider producers get a per-channel scale, not a C x C compactor (memory: "
                         "convnext_large's 6144-wide MLPs would need 1.4 G compactor weights)")
     p.add_argument("--source", choices=("torchvision", "timm"), default="torchvision")
+    p.add_argument("--int8", action="store_true", help="also FoldBatchNorm + QuantizeINT8 + INT8 export of each "
+                                                       "pruned model (recorded, not part of the status)")
     p.add_argument("--min-removed", type=float, default=0.25,
                    help="a row fails when it removes fewer than this fraction of the parameters")
     p.add_argument("--size", type=int, default=64, help="input side where the model allows it")
