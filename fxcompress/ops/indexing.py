@@ -107,6 +107,9 @@ def getitem_coupling(r) -> None:
     y = r.out()
     if y is None:
         return
+    if isinstance(idx, int) and idx < 0 and isinstance(src, fx.Node) \
+            and isinstance(src.meta.get("tensor_meta"), (tuple, list)):
+        idx += len(src.meta["tensor_meta"])   # spx[-1]: the last item of a split (Res2Net)
     item = r.output_of(src, idx) if isinstance(idx, int) else None
     if item is not None:   # an item of a tuple output
         r.identity(item, y)
