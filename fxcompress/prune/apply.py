@@ -27,6 +27,7 @@ from ..core.verify import as_float64, compare_exact, evaluating, float64_check, 
 from ..graph.keys import output_keys
 from ..graph.tracing import propagate_shapes
 from ..ops.registry import RESIZE
+from .compensate import add_to_biases, removed_input_constants
 from .groups import PRODUCER, ChannelGroupsResult
 from .state import PruneState, keep_masks, normalize_plan
 
@@ -116,11 +117,9 @@ def check_shapes(new: fx.GraphModule, result: ChannelGroupsResult, masks, exampl
                                         f"is wrong for {node.op} {node.target}")
 
 
-def zeroed_outputs(gm: fx.GraphModule, result: ChannelGroupsResult, plan: Dict[int, np.ndarray], inputs):
-    """The unpruned model's outputs with the removed channels zeroed at their producers (weights, biases,
-    norm affines of the removed units). gm's tensors are never written (they may be the user's model's):
-    each module runs on zeroed copies of those it holds, made just before it runs (core.verify's
-    run_substituted), in float64 inside compare_exact's float64 re-check."""
+def zero_removed(gm: fx.GraphModule, result: ChannelGroupsResult, plan: Dict[int, np.ndarray], float64: bool):
+    """substitute(t) for run_substituted: t with the plan's removed units zeroed where t produces them (weights,
+    biases, norm affines), in float64 with `float64`; t itself where it produces none (and not float64)."""
     zeros: Dict[int, list] = {}   # id(tensor) -> [(dim, positions to zero)]
     for gid, kept in plan.items():
         for m in result.groups[gid].members:
@@ -130,7 +129,6 @@ def zeroed_outputs(gm: fx.GraphModule, result: ChannelGroupsResult, plan: Dict[i
             pos = torch.from_numpy(m.positions[~np.isin(m.units, kept)]).to(t.device)
             if len(pos):
                 zeros.setdefault(id(t), []).append((m.dim, pos))
-    float64 = float64_check()
 
     def substitute(t: torch.Tensor) -> torch.Tensor:
         fills = zeros.get(id(t))
@@ -140,9 +138,16 @@ def zeroed_outputs(gm: fx.GraphModule, result: ChannelGroupsResult, plan: Dict[i
         for dim, pos in fills:
             z.index_fill_(dim, pos, 0.0)
         return z
+    return substitute
 
+
+def zeroed_outputs(gm: fx.GraphModule, result: ChannelGroupsResult, plan: Dict[int, np.ndarray], inputs):
+    """The unpruned model's outputs with the removed channels zeroed at their producers (weights, biases,
+    norm affines of the removed units). gm's tensors are never written (they may be the user's model's):
+    each module runs on zeroed copies of those it holds, made just before it runs (core.verify's
+    run_substituted), in float64 inside compare_exact's float64 re-check."""
     with evaluating(gm), torch.no_grad():
-        return run_substituted(gm, inputs, substitute)
+        return run_substituted(gm, inputs, zero_removed(gm, result, plan, float64_check()))
 
 
 def prune(gm: fx.GraphModule, result: ChannelGroupsResult, plan: Mapping, example_inputs,
@@ -152,9 +157,12 @@ def prune(gm: fx.GraphModule, result: ChannelGroupsResult, plan: Mapping, exampl
     # the reference first: the unpruned model's run needs the most memory for activations, which the
     # pruned model's tensors and runs then reuse rather than adding to
     reference = zeroed_outputs(gm, result, norm, example_inputs) if verify else None
+    constants = removed_input_constants(gm, result, norm, example_inputs, zero_removed(gm, result, norm, False))
     new = apply_plan(gm, result, norm)
     metrics = {"groups_pruned": len(norm),
                "units_removed": int(sum(result.groups[g].size - len(k) for g, k in norm.items()))}
+    if constants:   # removed channels a constant reaches: moved into the consumers' biases
+        metrics["biases_compensated"] = add_to_biases(new, gm, constants, keep_masks(result, norm))
     if verify:
         check_shapes(new, result, keep_masks(result, norm), example_inputs)
         metrics.update(verify_exactness(gm, new, result, norm, example_inputs, reference))

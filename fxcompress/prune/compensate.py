@@ -1,0 +1,105 @@
+"""Removed channels that are not zero where they are consumed: their constant moves into the consumer's bias.
+
+Zeroing a unit's producers silences it only through ops that map 0 to 0. Between producer and consumer a
+model may add a constant: timm's StarReLU (`s * relu(x) ** 2 + b`), a hard sigmoid (`relu6(x + 3) / 6`).
+There the removed channel reaches the consumer as a constant k, and dropping the consumer's input column
+w drops w * k from every output. For a consumer that sees k at every position (a linear layer, an unpadded
+ungrouped convolution) that is a constant per output: added to its bias, the pruned model computes exactly
+what the unpruned model with the removed channels zeroed computes, which `verify_exactness` then checks.
+
+    constants = removed_input_constants(gm, result, plan, example_inputs)   # {consumer: (positions, k)}
+    add_to_biases(new, gm, constants, masks)
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, Tuple
+
+import numpy as np
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+from ..core.verify import _Substituted, evaluating
+from ..graph.keys import ValueKey
+from .groups import CONSUMER, ChannelGroupsResult
+
+CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def _absorbs_constant(m: nn.Module) -> bool:
+    """A consumer that sees a constant input channel as the same constant at every output position (a padded
+    convolution sees zeros at the border instead)."""
+    if isinstance(m, nn.Linear):
+        return True
+    if not isinstance(m, CONVS) or m.groups != 1:
+        return False
+    return m.padding == "valid" if isinstance(m.padding, str) else not any(m.padding)
+
+
+def _sites(gm: fx.GraphModule, result: ChannelGroupsResult, plan) -> Dict[str, np.ndarray]:
+    """consumer module name -> the input positions the plan removes (consumers that can absorb a constant)."""
+    sites: Dict[str, set] = {}
+    for gid, kept in plan.items():
+        for m in result.groups[gid].members:
+            if not m.is_param or m.role != CONSUMER or m.dim != 1 or not m.name.endswith(".weight"):
+                continue
+            owner = m.name.rsplit(".", 1)[0]
+            module = gm.get_submodule(owner)
+            if _absorbs_constant(module):
+                sites.setdefault(owner, set()).update(m.positions[~np.isin(m.units, kept)].tolist())
+    return {k: np.array(sorted(v)) for k, v in sites.items() if v}
+
+
+class _Capture(_Substituted):
+    """Runs the zeroed model and records the removed input channels of each consumer."""
+
+    def __init__(self, gm, substitute, sites):
+        super().__init__(gm, substitute)
+        self.sites, self.seen = sites, {}
+
+    def call_module(self, target, args, kwargs):
+        pos = self.sites.get(target)
+        if pos is not None and args and isinstance(args[0], torch.Tensor):
+            x = args[0]
+            dim = x.dim() - 1 if isinstance(self.fetch_attr(target), nn.Linear) else 1
+            values = x.detach().index_select(dim, torch.from_numpy(pos).to(x.device)).movedim(dim, -1)
+            self.seen.setdefault(target, []).append(values.reshape(-1, len(pos)))
+        return super().call_module(target, args, kwargs)
+
+
+def removed_input_constants(gm: fx.GraphModule, result: ChannelGroupsResult, plan, inputs,
+                            substitute: Callable) -> Dict[str, Tuple[np.ndarray, torch.Tensor]]:
+    """{consumer: (removed input positions, their constant values)} where the zeroed model (`substitute`
+    zeroes the removed producers) feeds a consumer non-zero constants on removed channels."""
+    sites = _sites(gm, result, plan)
+    if not sites:
+        return {}
+    capture = _Capture(gm, substitute, sites)
+    with evaluating(gm), torch.no_grad():
+        capture.run(*inputs)
+    constants = {}
+    for target, chunks in capture.seen.items():
+        values = torch.cat(chunks).double()
+        k = values[0]
+        spread = (values - k).abs().amax(0)
+        constant = spread <= 1e-6 * (1 + k.abs())
+        if len(chunks) == 1 and constant.all() and k.abs().max() > 0:   # called once, the same everywhere
+            constants[target] = (sites[target], k)
+    return constants
+
+
+def add_to_biases(new: fx.GraphModule, old: fx.GraphModule, constants, masks) -> int:
+    """Each consumer's new bias += (removed columns of its old weight) @ k, on the output rows it keeps.
+    The pruned model gets new bias tensors (the old ones may be the user's). Returns the consumers changed."""
+    for target, (pos, k) in constants.items():
+        w_old = old.get_submodule(target).weight.detach()
+        cols = w_old.index_select(1, torch.from_numpy(pos).to(w_old.device)).double()
+        delta = (cols.flatten(2).sum(2) if cols.dim() > 2 else cols) @ k.to(cols.device)
+        rows = masks.get((ValueKey.of_param(f"{target}.weight"), 0))
+        if rows is not None:
+            delta = delta[torch.from_numpy(rows).to(delta.device)]
+        m = new.get_submodule(target)
+        bias = m.bias.detach() if m.bias is not None else torch.zeros(m.weight.shape[0], dtype=m.weight.dtype,
+                                                                     device=m.weight.device)
+        m.bias = nn.Parameter((bias.double() + delta).to(m.weight.dtype), requires_grad=m.weight.requires_grad)
+    return len(constants)

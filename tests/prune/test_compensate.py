@@ -1,0 +1,41 @@
+"""A removed channel that a constant reaches (StarReLU's `+ b`) is compensated in the consumer's bias: pruning
+stays exact; a padded convolution, which sees zeros at the border instead, is not compensated."""
+import pytest
+import torch
+import torch.nn as nn
+
+import fxcompress
+from fxcompress.core.errors import VerificationError
+from fxcompress.passes import MagnitudePrune
+
+
+class StarMlp(nn.Module):
+    """timm's MetaFormer MLP: fc1 -> StarReLU (s * relu(x) ** 2 + b) -> fc2 (here as `kind` consumers)."""
+
+    def __init__(self, kind="linear"):
+        super().__init__()
+        self.kind = kind
+        if kind == "linear":
+            self.fc1, self.fc2 = nn.Linear(8, 32), nn.Linear(32, 8, bias=False)
+        else:
+            self.fc1, self.fc2 = nn.Conv2d(8, 32, 1), nn.Conv2d(32, 8, 3, padding=1 if kind == "padded" else 0)
+        self.scale, self.bias = nn.Parameter(torch.tensor([0.8])), nn.Parameter(torch.tensor([0.3]))
+
+    def forward(self, x):
+        y = self.scale * torch.relu(self.fc1(x)) ** 2 + self.bias
+        return self.fc2(y)
+
+
+@pytest.mark.parametrize("kind,shape", [("linear", (2, 5, 8)), ("conv", (2, 8, 6, 6))])
+def test_constant_on_removed_channels_moves_into_the_bias(kind, shape):
+    model, x = StarMlp(kind).eval(), torch.randn(*shape)
+    result = fxcompress.compile(model, [MagnitudePrune(0.5)], x, progress=False)
+    metrics = result.report.records[0].metrics
+    assert metrics["biases_compensated"] == 1 and metrics["max_rel_error"] < 1e-5
+    assert result.model.fc2.weight.shape[1] == 16 and model.fc2.weight.shape[1] == 32   # the user's model kept
+
+
+def test_padded_convolution_is_not_compensated():
+    model, x = StarMlp("padded").eval(), torch.randn(2, 8, 6, 6)
+    with pytest.raises(VerificationError, match="removed channels zeroed"):
+        fxcompress.compile(model, [MagnitudePrune(0.5)], x, progress=False)
