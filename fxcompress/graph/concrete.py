@@ -5,8 +5,8 @@
 records the same fx graph while running the model on the example inputs alongside: every node's value is
 computed as the node is created, so wherever Python needs a value it gets the example's. What only moves
 data stays symbolic: iterating the 2 chunks of `x.chunk(2, 1)` gives 2 getitem nodes, valid for every input.
-What Python decides from a shape is frozen into the graph: a branch taken on `H % p` or a padding computed
-with `math.ceil` holds for inputs of the example's shape (`capture` then checks the graph on a second batch
+What Python decides from a shape is frozen into the graph: a branch taken on `H % p` holds for inputs of the
+example's shape (fx records `math` calls on sizes as graph nodes, so arithmetic alone stays symbolic) (`capture` then checks the graph on a second batch
 size and a second image size and reports which it holds for). Python that reads tensor *values* (`if
 x.mean() > 0`, `int(x.sum())`) is refused: a graph frozen on one example's data would be wrong on others.
 

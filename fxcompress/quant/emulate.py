@@ -25,9 +25,12 @@ whose output differs from torch's BatchNorm on ~40% of the values (another recip
 multiply-add: `ort_batch_norm`, probed as well): with these emulated densenet121's 251 quantizers agree bit
 for bit (33.6 -> 114.8 dB). Its QLinearConcat and QLinearAveragePool (2x2) need nothing of their own:
 measured, they give the codes of the float concatenation / average followed by QuantizeLinear's rounding.
-A softmax whose output is quantized runs as MLAS's softmax (its own exp polynomial, lane-wise sums,
-a multiply by 1 / sum: `mlas_softmax`, probed): torch's differs on ~40% of the values, and YOLOv8's DFL
-softmax, near-uniform at random init and so quantized with a tiny scale, had 5.7% of its codes one step off.
+A softmax between two quantizers (DequantizeLinear -> Softmax -> QuantizeLinear, also through Reshape /
+Transpose, which onnxruntime moves the DequantizeLinear past) is fused into QLinearSoftmax: a table on the
+uint8 codes, requantized with floor(1 / scale) (`qlinear_softmax`); YOLOv8n's DFL softmax, near-uniform at
+random init and so quantized with a tiny scale, had 5.7% of its codes one step off the float softmax's. Any
+other softmax whose output is quantized runs as MLAS's float kernel (its own exp polynomial, lane-wise sums,
+a multiply by 1 / sum: `mlas_softmax`, probed), which torch's differs from on 30-98% of the values.
 
 Each emulated op gets an `IntegerEmulation` node after it that replaces its float result by the emulated
 one; in training (QAT) and while exporting to ONNX it returns its input unchanged, so gradients and the
@@ -49,7 +52,8 @@ from .fake_quant import WEIGHT_QMAX, WEIGHT_QMIN, ActivationQuantizer, WeightQua
 from .insert import rule_for
 from .observers import QMAX, QMIN
 from .ort_float_ops import (mlas_logistic, ort_logistic_variant, logistic_kind, ort_batch_norm, ort_batch_norm_variant,
-                            float_batch_norm, mlas_softmax, ort_softmax_variant, softmax_dim)
+                            float_batch_norm, mlas_softmax, ort_softmax_variant, softmax_dim, qlinear_softmax,
+                            ort_qlinear_softmax_exact)
 
 FLOAT32_EXACT = 2 ** 24   # integer sums below this are exact in float32 whatever the summation order
 
@@ -86,6 +90,11 @@ class IntegerEmulation(nn.Module):
                 out = ort_batch_norm(inputs[0], self.refs["layer"], *self.refs["variant"])
             elif self.kind == "softmax":
                 out = mlas_softmax(inputs[0], *self.refs["variant"])
+            elif self.kind == "qlinear_softmax":
+                qx, qy = self.refs["inputs"][0], self.refs["output"]
+                codes = qlinear_softmax(_codes(inputs[0], qx) + float(qx.zero_point), self.refs["variant"][0],
+                                        qx.scale, qy.scale, int(qy.zero_point))
+                out = (codes - float(qy.zero_point)) * qy.scale.float()
             else:
                 out = self._weighted(inputs[0])
         return out.to(result.dtype)
@@ -187,6 +196,20 @@ def _quantizer_of(node, modules) -> Optional[ActivationQuantizer]:
     return None
 
 
+_LAYOUT_METHODS = ("view", "reshape", "transpose", "permute", "squeeze", "unsqueeze", "contiguous")
+_LAYOUT_FUNCTIONS = (torch.reshape, torch.transpose, torch.permute, torch.squeeze, torch.unsqueeze)
+
+
+def _layout_source(node):
+    """The tensor `node` rearranges through ops onnxruntime moves a DequantizeLinear past (Reshape, Transpose,
+    Squeeze, Unsqueeze: QDQ propagation), e.g. YOLOv8's DFL x.view(b, 4, 16, a).transpose(2, 1)."""
+    while isinstance(node, fx.Node) and node.args and isinstance(node.args[0], fx.Node) and (
+            (node.op == "call_method" and node.target in _LAYOUT_METHODS)
+            or (node.op == "call_function" and node.target in _LAYOUT_FUNCTIONS)):
+        node = node.args[0]
+    return node
+
+
 def _output_quantizer(node: fx.Node, modules) -> Optional[ActivationQuantizer]:
     """The quantizer of `node`'s output, directly or after one ReLU-like op (which the lowering drops)."""
     if len(node.users) != 1:
@@ -225,8 +248,8 @@ def install_integer_emulation(gm: fx.GraphModule, weighted: Dict[str, nn.Module]
     adds of two quantized tensors, after global average pools, and after the float ops onnxruntime runs
     between quantizers: sigmoids and SiLUs, BatchNorms left unfolded, softmaxes with a quantized output (its
     float kernels, when `ort_logistic_variant` / `ort_batch_norm_variant` / `ort_softmax_variant` found
-    them); every activation quantizer rounds as
-    QuantizeLinear does (ActivationQuantizer.divide). Returns counts."""
+    them; QLinearSoftmax for a quantized input too); every activation quantizer rounds as QuantizeLinear does
+    (ActivationQuantizer.divide). Returns counts."""
     modules = dict(gm.named_modules())
     counts = {"emulated_layers": 0, "emulated_adds": 0, "emulated_pools": 0, "emulated_sigmoids": 0,
               "emulated_batch_norms": 0, "emulated_softmaxes": 0}
@@ -245,11 +268,18 @@ def install_integer_emulation(gm: fx.GraphModule, weighted: Dict[str, nn.Module]
                 counts["emulated_batch_norms"] += 1
             continue
         dim = softmax_dim(node, modules)
-        if dim is not None and node.args and isinstance(node.args[0], fx.Node) \
-                and any(_quantizer_of(u, modules) is not None for u in node.users):
-            sm_variant = sm_variant or ort_softmax_variant()
-            if sm_variant is not None:
-                _insert(gm, node, IntegerEmulation("softmax", [], None, variant=(dim, sm_variant)), (node.args[0],))
+        if dim is not None and node.args and isinstance(node.args[0], fx.Node):
+            qx = _quantizer_of(_layout_source(node.args[0]), modules)
+            qy = _quantizer_of(next(iter(node.users)), modules) if len(node.users) == 1 else None
+            if qx is not None and qy is not None and ort_qlinear_softmax_exact():   # DQ -> Softmax -> Q
+                emulation = IntegerEmulation("qlinear_softmax", [qx], qy, variant=(dim,))
+            elif any(_quantizer_of(u, modules) is not None for u in node.users):
+                sm_variant = sm_variant or ort_softmax_variant()
+                emulation = IntegerEmulation("softmax", [], None, variant=(dim, sm_variant)) if sm_variant else None
+            else:
+                emulation = None
+            if emulation is not None:
+                _insert(gm, node, emulation, (node.args[0],))
                 counts["emulated_softmaxes"] += 1
             continue
         logistic = logistic_kind(node, modules)

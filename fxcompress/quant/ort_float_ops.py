@@ -1,12 +1,13 @@
 """onnxruntime's float kernels, bit for bit, for the float ops left between quantized ones (Sigmoid/SiLU
-gates, BatchNorms FoldBatchNorm cannot fold, softmaxes): the fake-quant model must compute their outputs
-exactly as onnxruntime does, or the next quantizer's codes can differ by a step (efficientnet_b7,
-densenet121, YOLOv8's DFL softmax). Which kernel variant this CPU's onnxruntime runs is probed once per
-process. Used by `emulate.py`.
+gates, BatchNorms FoldBatchNorm cannot fold, softmaxes; and QLinearSoftmax, what a softmax between two
+quantizers becomes): the fake-quant model must compute their outputs exactly as onnxruntime does, or the next
+quantizer's codes can differ by a step (efficientnet_b7, densenet121, YOLOv8's DFL softmax). Which kernel
+variant this CPU's onnxruntime runs is probed once per process. Used by `emulate.py`.
 """
 from __future__ import annotations
 
 import functools
+import math
 from typing import Optional, Tuple
 
 import torch
@@ -291,6 +292,75 @@ def ort_softmax_variant() -> Optional[str]:
         if all(torch.equal(mlas_softmax(x, -1, variant), y) for x, y in probes):
             return variant
     return None
+
+
+# onnxruntime fuses DequantizeLinear -> Softmax -> QuantizeLinear into QLinearSoftmax (com.microsoft), another
+# algorithm on the uint8 codes. As onnxruntime 1.32's library computes it (read from its machine code: the
+# source versions differ): a table t[c] = fl32(exp((c - 255 + b) * s_x)), b = max(0, logf(FLT_MAX / D) - 5) / s_x
+# (double exp, float logf), read at c + 255 - the row's largest code; sum = the row's t in order, in float32;
+# y = clamp(rne(t * Y / sum) + zp_y, 0, 255) in double, with Y = floorf(1 / s_y), not 1 / s_y: codes differ
+# from the float softmax's (YOLOv8n's DFL: 5.7e-2 of them).
+@functools.lru_cache(maxsize=None)
+def _softmax_table(x_scale: float, d: int) -> torch.Tensor:
+    ratio = float(torch.tensor(torch.finfo(torch.float32).max) / torch.tensor(float(d)))
+    try:   # the C library's logf, as onnxruntime calls it
+        import ctypes
+        import ctypes.util
+        libm = ctypes.CDLL(ctypes.util.find_library("m"))
+        libm.logf.restype, libm.logf.argtypes = ctypes.c_float, [ctypes.c_float]
+        log_ratio = float(libm.logf(ratio))
+    except (OSError, AttributeError, TypeError):   # pragma: no cover - no C library: logf rounded (~always equal)
+        log_ratio = float(torch.tensor(math.log(ratio), dtype=torch.float32))
+    shift = max(0.0, log_ratio - 5.0) / x_scale
+    return torch.tensor([math.exp((c - 255 + shift) * x_scale) for c in range(256)], dtype=torch.float64).float()
+
+
+def qlinear_softmax(codes: torch.Tensor, dim: int, x_scale: torch.Tensor, y_scale: torch.Tensor,
+                    y_zero_point: int) -> torch.Tensor:
+    """QLinearSoftmax's uint8 output codes (as float) from its uint8 input codes (as float or int)."""
+    moved = codes.movedim(dim, -1)
+    rows = moved.reshape(-1, moved.shape[-1]).long()
+    table = _softmax_table(float(x_scale.float()), rows.shape[1]).to(codes.device)
+    t = table[rows + 255 - rows.amax(1, keepdim=True)]
+    total = t[:, 0]
+    for k in range(1, t.shape[1]):
+        total = total + t[:, k]
+    y = torch.floor(torch.ones_like(y_scale.float()) / y_scale.float()).double()
+    out = (torch.round(t.double() * y / total.double()[:, None]) + y_zero_point).clamp(0, 255)
+    return out.float().reshape(moved.shape).movedim(-1, dim)
+
+
+@functools.lru_cache(maxsize=None)
+def ort_qlinear_softmax_exact() -> bool:
+    """Whether `qlinear_softmax` reproduces this onnxruntime's QDQ Softmax codes (fused: QLinearSoftmax)."""
+    try:
+        import numpy as np
+        import onnxruntime as ort
+        from onnx import TensorProto, helper, numpy_helper
+    except ImportError:   # pragma: no cover
+        return False
+    g = torch.Generator().manual_seed(0)
+    # ties of equal codes (D = 2, floor(1 / s_y) = 305), a near-uniform row of 16 as YOLOv8's DFL, long rows
+    for d, sx, sy, zy, low in ((2, 0.0667, 0.00328, 7, 0), (16, 0.05, 2.7e-4, 0, 120), (37, 0.3, 1 / 255, 3, 0),
+                               (100, 0.2, 2e-4, 1, 200)):
+        codes = torch.randint(low, 256, (2048, d), generator=g, dtype=torch.uint8)
+        inits = [numpy_helper.from_array(np.array(v, t), n) for v, t, n in
+                 ((sx, np.float32, "sx"), (128, np.uint8, "zx"), (sy, np.float32, "sy"), (zy, np.uint8, "zy"))]
+        nodes = [helper.make_node("DequantizeLinear", ["x", "sx", "zx"], ["xf"]),
+                 helper.make_node("Softmax", ["xf"], ["yf"], axis=-1),
+                 helper.make_node("QuantizeLinear", ["yf", "sy", "zy"], ["y"])]
+        graph = helper.make_graph(nodes, "qlinear_softmax_probe",
+                                  [helper.make_tensor_value_info("x", TensorProto.UINT8, [None, d])],
+                                  [helper.make_tensor_value_info("y", TensorProto.UINT8, [None, d])], initializer=inits)
+        try:
+            y = _probe_session(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), ort) \
+                .run(None, {"x": codes.numpy()})[0]
+        except Exception:   # noqa: BLE001
+            return False
+        ours = qlinear_softmax(codes, -1, torch.tensor(sx), torch.tensor(sy), zy)
+        if not torch.equal(ours, torch.from_numpy(y.astype(np.float32))):
+            return False
+    return True
 
 
 _SOFTMAX_FUNCTIONS = (torch.softmax, F.softmax, torch.Tensor.softmax)
