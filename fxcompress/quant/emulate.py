@@ -30,7 +30,7 @@ Transpose, which onnxruntime moves the DequantizeLinear past) is fused into QLin
 uint8 codes, requantized with floor(1 / scale) (`qlinear_softmax`); YOLOv8n's DFL softmax, near-uniform at
 random init and so quantized with a tiny scale, had 5.7% of its codes one step off the float softmax's. Any
 other softmax whose output is quantized runs as MLAS's float kernel (its own exp polynomial, lane-wise sums,
-a multiply by 1 / sum: `mlas_softmax`, probed), which torch's differs from on 30-98% of the values.
+a multiply by 1 / sum: `mlas_softmax`, probed), from which torch's differs on about half of the values.
 
 Each emulated op gets an `IntegerEmulation` node after it that replaces its float result by the emulated
 one; in training (QAT) and while exporting to ONNX it returns its input unchanged, so gradients and the

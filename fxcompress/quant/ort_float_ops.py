@@ -201,7 +201,7 @@ def float_batch_norm(node: fx.Node, modules) -> Optional[nn.Module]:
 
 
 # MLAS's softmax (onnxruntime/core/mlas/lib/compute.cpp, MlasComputeSoftmaxThreaded), row by row along the axis
-# (opset 13 transposes it last; opset < 13 rows are the flattened trailing dims): max, e = exp(x - max) by
+# (opset >= 13 transposes it last; the exporter writes opset 17): max, e = exp(x - max) by
 # MLAS's own polynomial (MlasExpConstants), sum of e over SIMD lanes, y = e * fl32(1 / sum) (a multiply,
 # not a division). Per kernel (x86_64 TransKernel*.S): the lower clamp of x - max, how 2^m is applied, and the
 # accumulator's width; lane j sums elements j, j + width, ... in order, then the lanes are added pairwise.
