@@ -35,16 +35,26 @@ def capture(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor], leaf
     leaf_modules = tuple(leaf_modules)
     info: Dict = {"method": "symbolic"}
     defaults = _defaulted_arguments(model, len(example_inputs))
+    kept_whole = []   # the layers with a canonical form the tracer met (none: nothing to rewrite)
+
+    def keep_whole(m) -> bool:
+        if has_canonical_form(m):
+            kept_whole.append(m)
+            return True
+        return False
     try:
-        gm = trace(model, leaf_modules, keep_whole=has_canonical_form, concrete_args=defaults or None)
+        gm = trace(model, leaf_modules, keep_whole=keep_whole, concrete_args=defaults or None)
     except TraceError as symbolic_error:
-        gm, specialised = _concrete_trace(model, example_inputs, leaf_modules, symbolic_error, defaults or None)
+        kept_whole.clear()
+        gm, specialised = _concrete_trace(model, example_inputs, leaf_modules, symbolic_error, defaults or None,
+                                          keep_whole)
         info.update(method="concrete", symbolic_error=str(symbolic_error).split(". Tensor-dependent")[0],
                     specialised=sorted(set(specialised))[:20], specialised_count=len(specialised))
     if defaults:
         _drop_fixed_arguments(gm, defaults)
         info["fixed_arguments"] = {k: repr(v) for k, v in defaults.items()}
-    info.update(canonicalize(gm, example_inputs, protected=model.modules()))
+    if kept_whole:
+        info.update(canonicalize(gm, example_inputs, protected=model.modules()))
     if info["method"] == "concrete":
         info["holds_for"] = _check_against_model(gm, model, example_inputs)
     return gm, info
@@ -81,8 +91,9 @@ def _drop_fixed_arguments(gm: fx.GraphModule, defaults: Dict[str, object]) -> No
     gm.recompile()
 
 
-def _concrete_trace(model, example_inputs, leaf_modules, symbolic_error: TraceError, concrete_args=None):
-    tracer = ConcreteTracer(example_inputs, leaf_modules, keep_whole=has_canonical_form)
+def _concrete_trace(model, example_inputs, leaf_modules, symbolic_error: TraceError, concrete_args=None,
+                    keep_whole=has_canonical_form):
+    tracer = ConcreteTracer(example_inputs, leaf_modules, keep_whole=keep_whole)
     state = preserved_state(model)
     try:
         graph = tracer.trace(model, concrete_args)

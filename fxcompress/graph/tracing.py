@@ -105,15 +105,18 @@ def trace(model: torch.nn.Module, leaf_modules: Iterable = (), keep_whole=None, 
 
 class preserved_state:
     """Tracing runs the model's Python with proxies, and some of it caches state on its modules (a detection
-    head storing its anchors and the input shape it saw): every module's plain attributes, parameters, buffers
-    and submodules are put back as they were by `restore()` (or when the block ends), whether tracing succeeded
-    or not; so are fx's tensor constants (`_tensor_constant0`...), which it stores on the root."""
+    head storing its anchors and the input shape it saw): every module's plain attributes and buffers, and
+    the contents of the dicts, lists and sets among its attributes (timm's attention_bias_cache), are put back
+    as they were by `restore()` (or when the block ends), whether tracing succeeded or not; so are fx's
+    tensor constants (`_tensor_constant0`...), which it stores on the root. (A forward that assigns
+    parameters or submodules is not provided for: none was seen.)"""
 
     def __init__(self, model: torch.nn.Module):
-        self.saved = [(m, dict(m.__dict__), dict(m._parameters), dict(m._buffers), dict(m._modules))
-                      for m in model.modules()]
-        # caches filled in place (timm's attention_bias_cache dicts): their contents, one level deep
-        self.contents = [(v, v.copy()) for _, attrs, *_ in self.saved for v in attrs.values()
+        # torch.nn's own layers keep no Python state from a forward: the root (fx's constants) and the model's
+        # own modules are saved
+        self.saved = [(m, m.__dict__.copy(), m._buffers.copy()) for m in model.modules()
+                      if m is model or not type(m).__module__.startswith("torch.nn.")]
+        self.contents = [(v, v.copy()) for _, attrs, _ in self.saved for v in attrs.values()
                          if type(v) in (dict, list, set)]
 
     def __enter__(self):
@@ -124,18 +127,29 @@ class preserved_state:
         return False
 
     def restore(self) -> None:
-        for m, attrs, params, buffers, modules in self.saved:
-            for store, saved in ((m._parameters, params), (m._buffers, buffers), (m._modules, modules)):
-                if store != saved:
-                    store.clear()
-                    store.update(saved)
-            if m.__dict__.keys() != attrs.keys() or any(m.__dict__[k] is not v for k, v in attrs.items()):
-                m.__dict__.clear()
-                m.__dict__.update(attrs)
+        for m, attrs, buffers in self.saved:
+            for now, then in ((m.__dict__, attrs), (m._buffers, buffers)):
+                if _changed(now, then):
+                    now.clear()
+                    now.update(then)
         for container, saved in self.contents:
-            if container != saved:
+            if _changed(container, saved):
                 container.clear()
                 container.update(saved) if isinstance(container, (dict, set)) else container.extend(saved)
+
+
+_MISSING = object()
+
+
+def _changed(now, then) -> bool:
+    """Whether a container's items differ from a copy's, by identity (== on tensors compares elements)."""
+    if len(now) != len(then):
+        return True
+    if isinstance(now, dict):
+        return any(now.get(k, _MISSING) is not v for k, v in then.items())
+    if isinstance(now, list):
+        return any(a is not b for a, b in zip(now, then))
+    return now != then   # a set holds hashable values
 
 
 def _graph_module(root: torch.nn.Module, graph: fx.Graph, name: str) -> fx.GraphModule:

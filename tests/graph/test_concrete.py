@@ -128,3 +128,15 @@ def test_tracing_leaves_the_models_own_state_as_it_was():
     assert model.cache == {}
     assert not any(k.startswith("_tensor_constant") for k in vars(model))
     torch.testing.assert_close(gm(x), model(x))
+
+
+def test_a_sequential_root_gets_no_tensor_constants():
+    """fx stores tensor constants on the root while tracing: a torch.nn container root must lose them too."""
+    class AddConst(nn.Module):
+        def forward(self, x):
+            return x + torch.tensor([1.0, 2.0, 3.0]).view(1, 3, 1, 1)
+
+    model = nn.Sequential(nn.Conv2d(3, 3, 1), AddConst()).eval()
+    gm, _ = capture(model, (torch.randn(1, 3, 4, 4),))
+    assert not any(k.startswith("_tensor_constant") for k in vars(model))
+    assert any(k.startswith("_tensor_constant") for k in dict(gm.named_buffers()) | vars(gm))
