@@ -19,7 +19,7 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .registry import BN_FOLD, CANONICAL, COUPLING, MACS, QUANT, RESIZE, QuantRule, numel, optional
+from .registry import BN_FOLD, CANONICAL, COUPLING, MACS, QUANT, RESIZE, QuantRule, lazy, numel
 
 CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 CONV_TRANSPOSES = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -143,7 +143,7 @@ def same_padding(size: int, kernel: int, stride: int, dilation: int) -> int:
     return max((math.ceil(size / stride) - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
 
 
-@CANONICAL.register(optional("timm.layers", "Conv2dSame"))
+@CANONICAL.register(lazy("timm.layers", "Conv2dSame"))
 def same_conv_canonical(m: nn.Conv2d, input_shape):
     if input_shape is None or len(input_shape) != 4:
         return "input shape unknown"

@@ -15,7 +15,7 @@ import numpy as np
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .registry import CANONICAL, COUPLING, RESIZE, optional
+from .registry import CANONICAL, COUPLING, RESIZE, lazy
 
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 INSTANCE_NORMS = (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
@@ -90,11 +90,11 @@ def layer_norm_resize(s, node, m):
 
 # ---- canonical forms of norm + activation layers
 _NORM_ACT = {   # timm's fused layer -> the torch.nn norm layer it computes before `drop` and `act`
-    optional("timm.layers", "BatchNormAct2d"): nn.BatchNorm2d,
-    optional("timm.layers", "SyncBatchNormAct"): nn.BatchNorm2d,
-    optional("timm.layers", "GroupNormAct"): nn.GroupNorm,
-    optional("timm.layers", "GroupNorm1Act"): nn.GroupNorm,
-    optional("timm.layers", "LayerNormAct"): nn.LayerNorm,
+    lazy("timm.layers", "BatchNormAct2d"): nn.BatchNorm2d,
+    lazy("timm.layers", "SyncBatchNormAct"): nn.BatchNorm2d,
+    lazy("timm.layers", "GroupNormAct"): nn.GroupNorm,
+    lazy("timm.layers", "GroupNorm1Act"): nn.GroupNorm,
+    lazy("timm.layers", "LayerNormAct"): nn.LayerNorm,
 }
 _NORM_STATE = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
@@ -117,7 +117,8 @@ def _plain_norm(m: nn.Module, cls: type) -> nn.Module:
 
 @CANONICAL.register(*_NORM_ACT)
 def norm_act_canonical(m: nn.Module, input_shape):
-    cls = next(plain for fused, plain in _NORM_ACT.items() if fused is not None and isinstance(m, fused))
+    cls = next(plain for klass in type(m).__mro__ for fused, plain in _NORM_ACT.items()
+               if klass.__name__ == fused.name and klass.__module__.startswith(fused.module))
     chain = [(None, _plain_norm(m, cls))]
     for suffix in ("drop", "act"):
         part = getattr(m, suffix, None)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional
 
@@ -31,6 +32,8 @@ class OpRegistry:
         self.modules: Dict[type, Any] = {}
         self.functions: Dict[Any, Any] = {}
         self.methods: Dict[str, Any] = {}
+        self.pending: list = []   # (lazy target, rule): resolved once their package is imported
+        self._modules_seen = 0
 
     def register(self, *targets, rule: Any = None):
         """Register `rule` (or, used as a decorator, the decorated function) for every target."""
@@ -38,7 +41,9 @@ class OpRegistry:
             for t in targets:
                 if t is None:       # an optional target whose package is missing
                     continue
-                if isinstance(t, str):
+                if isinstance(t, lazy):
+                    self.pending.append((t, value))
+                elif isinstance(t, str):
                     self.methods[t] = value
                 elif isinstance(t, type) and issubclass(t, nn.Module):
                     self.modules[t] = value
@@ -49,8 +54,26 @@ class OpRegistry:
             return value
         return add(rule) if rule is not None else add
 
+    def _resolve_pending(self) -> None:
+        """Lazy targets whose package the user has imported since (a model can only hold layers of an imported
+        package) join the table; checked again only when sys.modules has grown."""
+        if len(sys.modules) == self._modules_seen:
+            return
+        self._modules_seen = len(sys.modules)
+        still = []
+        for target, rule in self.pending:
+            module = sys.modules.get(target.module)
+            cls = getattr(module, target.name, None) if module is not None else None
+            if cls is None:
+                still.append((target, rule))
+            else:
+                self.modules[cls] = rule
+        self.pending = still
+
     def for_type(self, cls: type) -> Optional[Any]:
         """The rule of a module type: its own, else that of its nearest registered base class."""
+        if self.pending:
+            self._resolve_pending()
         table = self.modules
         for t in cls.__mro__:
             rule = table.get(t)
@@ -67,6 +90,15 @@ class OpRegistry:
         if node.op == "call_method":
             return self.methods.get(node.target)
         return None
+
+
+@dataclass(frozen=True)
+class lazy:
+    """A module type of a package fxcompress does not import itself (timm's layers): its rules apply once the
+    user has imported the package. Importing timm here would slow every trace: fx patches nn.Module's
+    methods while tracing, and each patch invalidates the type caches of every nn.Module subclass loaded."""
+    module: str
+    name: str
 
 
 def optional(module: str, name: str):
