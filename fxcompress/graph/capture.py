@@ -11,18 +11,18 @@ import contextlib
 import inspect
 import io
 import operator
+import re
 import sys
 from typing import Dict, Iterable, Sequence, Tuple
 
 import torch
 import torch.fx as fx
+from torch.fx._symbolic_trace import _assert_is_none as _ASSERT_IS_NONE
 
 from ..core.errors import TraceError, VerificationError
 from ..core.verify import TOLERANCES, compare_outputs
 from .canonical import canonicalize, has_canonical_form
 from .concrete import ConcreteTracer
-from torch.fx._symbolic_trace import _assert_is_none as _ASSERT_IS_NONE
-
 from .tracing import _failing_module, _graph_module, preserved_state, trace
 
 
@@ -74,9 +74,11 @@ def _defaulted_arguments(model: torch.nn.Module, n_inputs: int) -> Dict[str, obj
 
 def _drop_fixed_arguments(gm: fx.GraphModule, defaults: Dict[str, object]) -> None:
     """fx keeps a placeholder for each fixed argument and asserts its value; both go (the value is inlined)."""
-    fixed = [n for n in gm.graph.nodes if n.op == "placeholder" and n.target.rstrip("_1234567890") in defaults]
+    def argument(target: str) -> str:   # fx names the placeholder of a fixed `mask` `mask_1`
+        return target if target in defaults else re.sub(r"_\d+$", "", target)
+    fixed = [n for n in gm.graph.nodes if n.op == "placeholder" and argument(n.target) in defaults]
     for ph in fixed:
-        value = defaults[ph.target.rstrip("_1234567890")]
+        value = defaults[argument(ph.target)]
         for user in list(ph.users):
             if user.target in (torch._assert, _ASSERT_IS_NONE) or (user.target is operator.eq and all(
                     u.target is torch._assert for u in user.users)):
