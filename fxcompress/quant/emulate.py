@@ -48,7 +48,7 @@ import torch.nn.functional as F
 
 from ..ops.elementwise import ADD
 from ..ops.pooling import AVERAGE_POOL
-from .fake_quant import WEIGHT_QMAX, WEIGHT_QMIN, ActivationQuantizer, WeightQuantizer, exporting
+from .fake_quant import WEIGHT_QMAX, WEIGHT_QMIN, ActivationQuantizer, WeightQuantizer, exporting, fit_bias_to_int32
 from .insert import rule_for
 from .observers import QMAX, QMIN
 from .ort_float_ops import (mlas_logistic, ort_logistic_variant, logistic_kind, ort_batch_norm, ort_batch_norm_variant,
@@ -251,7 +251,8 @@ def install_integer_emulation(gm: fx.GraphModule, weighted: Dict[str, nn.Module]
     them; QLinearSoftmax for a quantized input too); every activation quantizer rounds as QuantizeLinear does
     (ActivationQuantizer.divide). Returns counts."""
     modules = dict(gm.named_modules())
-    counts = {"emulated_layers": 0, "emulated_adds": 0, "emulated_pools": 0, "emulated_sigmoids": 0,
+    counts = {"int32_bias_channels_rescaled": 0, "emulated_layers": 0, "emulated_adds": 0, "emulated_pools": 0,
+              "emulated_sigmoids": 0,
               "emulated_batch_norms": 0, "emulated_softmaxes": 0}
     constant_only = _quantizers_of_constants(gm, modules)
     for name, m in modules.items():
@@ -303,6 +304,7 @@ def install_integer_emulation(gm: fx.GraphModule, weighted: Dict[str, nn.Module]
             if qx is not None and int(getattr(weighted[node.target].parametrizations.weight[0], "zero_point",
                                                torch.zeros(1)).abs().max()) == 0:
                 kind, inputs, layer, args = "weighted", [qx], weighted[node.target], (node.args[0],)
+                counts["int32_bias_channels_rescaled"] += fit_bias_to_int32(layer, qx.scale)   # before emulating
         elif node.op in ("call_function", "call_method") and rule_for(node, modules) is ADD \
                 and len(node.args) == 2 and not node.kwargs:
             qs = [_quantizer_of(a, modules) for a in node.args]

@@ -108,3 +108,27 @@ class WeightQuantizer(nn.Module):
 def is_quantized(gm: nn.Module) -> bool:
     """Whether a graph carries fake-quant modules (QuantizeINT8 ran on it)."""
     return any(isinstance(m, (ActivationQuantizer, WeightQuantizer)) for m in gm.modules())
+
+
+# onnxruntime's integer kernels accumulate bias + products in int32 and wrap on overflow: a bias stored near
+# int32's limit (a channel whose weights are ~0 beside its bias, as timm's zero-initialised last BatchNorms
+# leave them: b / (s_x * s_w) beyond 2^31, saturated) plus positive products flips the output's sign
+INT32_BIAS_HEADROOM = 2 ** 30
+
+
+@torch.no_grad()
+def fit_bias_to_int32(layer: nn.Module, input_scale: torch.Tensor) -> int:
+    """Raise the weight scale of the channels whose int32 bias b / (s_x * s_w) would exceed 2^30 (the
+    products of a layer stay far below the other 2^30); returns how many. Their weights, tiny beside the
+    bias, round more coarsely; the bias is kept."""
+    if getattr(layer, "bias", None) is None:
+        return 0
+    wq = layer.parametrizations.weight[0]
+    need = layer.bias.detach().float().abs() / (input_scale.float() * INT32_BIAS_HEADROOM)
+    if wq.scale.dim() == 0:
+        raised = int(need.max() > wq.scale)
+        wq.scale.copy_(torch.maximum(wq.scale, need.max()))
+        return raised
+    raised = need > wq.scale
+    wq.scale.copy_(torch.where(raised, need, wq.scale))
+    return int(raised.sum())

@@ -61,3 +61,29 @@ def test_a_constant_is_quantized_as_the_exporter_folds_it_not_as_onnxruntime_wou
     divides = {name: m.divide for name, m in result.model.named_modules() if isinstance(m, ActivationQuantizer)}
     assert divides == {"act_quant_x": True, "act_quant_table": False, "act_quant_fc": True, "act_quant_mlp": False,
                        "act_quant_sum_1": False, "act_quant_add": True}
+
+
+class _NearlyDeadChannels(torch.nn.Module):
+    """A residual block's last conv after a zero-initialised BatchNorm: weights ~0 beside the bias, so the int32
+    bias b / (s_x * s_w) would pass 2^31, and onnxruntime's int32 accumulator would wrap."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Conv2d(8, 8, 1)
+        with torch.no_grad():
+            self.b.weight.mul_(1e-9)
+            self.b.bias.uniform_(0.5, 1.0)
+
+    def forward(self, x):
+        return torch.relu(self.b(torch.relu(self.a(x)))).mean((2, 3))
+
+
+def test_int32_biases_keep_headroom_so_the_accumulator_never_wraps(tmp_path):
+    import fxcompress
+    from fxcompress.passes import ExportONNX, QuantizeINT8
+    gen = torch.Generator().manual_seed(0)
+    x, calib = torch.rand(1, 3, 8, 8), [torch.rand(4, 3, 8, 8, generator=gen) for _ in range(2)]
+    result = fxcompress.compile(_NearlyDeadChannels().eval(), [QuantizeINT8(method="minmax"),
+                                ExportONNX(str(tmp_path / "m.onnx"))], x, calib_loader=calib, progress=False)
+    assert result.report.records[0].metrics["int32_bias_channels_rescaled"] == 8
+    assert result.report.records[1].metrics["max_code_step"] == 0
