@@ -48,6 +48,13 @@ def build(name: str, size: int, source: str = "torchvision"):
     return build_torchvision(name, size)
 
 
+@torch.no_grad()
+def perturb(model) -> None:
+    """Zero-initialised heads, biases and last BatchNorms would make every check trivially pass."""
+    for p in model.parameters():
+        p.add_(torch.randn_like(p) * 0.02)
+
+
 def timm_families() -> dict:
     with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "timm_families.json")) as f:
         return json.load(f)
@@ -58,9 +65,7 @@ def build_timm(name: str):
     import timm   # a benchmark dependency, never a runtime one
     model = timm.create_model(name, pretrained=False).eval()
     size = list((model.pretrained_cfg or {}).get("input_size", (3, 224, 224)))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.02)
+    perturb(model)
     return model, torch.randn(1, *size)
 
 
@@ -80,9 +85,7 @@ def build_torchvision(name: str, size: int):
     if name in ("googlenet", "inception_v3"):
         kwargs["init_weights"] = True
     model = torchvision.models.get_model(name, weights=None, **kwargs).eval()
-    with torch.no_grad():  # zero-initialised heads and biases would make every check trivially pass
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.02)
+    perturb(model)
     return model, torch.randn(1, 3, size, size)
 
 

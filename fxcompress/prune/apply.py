@@ -27,7 +27,7 @@ from ..core.verify import as_float64, compare_exact, evaluating, float64_check, 
 from ..graph.keys import output_keys
 from ..graph.tracing import propagate_shapes
 from ..ops.registry import RESIZE
-from .compensate import add_to_biases, removed_input_constants
+from .compensate import add_to_biases, zeroed_run
 from .groups import PRODUCER, ChannelGroupsResult
 from .state import PruneState, keep_masks, normalize_plan
 
@@ -156,8 +156,9 @@ def prune(gm: fx.GraphModule, result: ChannelGroupsResult, plan: Mapping, exampl
     norm = normalize_plan(result, plan)
     # the reference first: the unpruned model's run needs the most memory for activations, which the
     # pruned model's tensors and runs then reuse rather than adding to
-    reference = zeroed_outputs(gm, result, norm, example_inputs) if verify else None
-    constants = removed_input_constants(gm, result, norm, example_inputs, zero_removed(gm, result, norm, False))
+    # one run gives both the reference and the constants reaching removed channels (prune/compensate.py)
+    reference, constants = zeroed_run(gm, result, norm, example_inputs,
+                                      zero_removed(gm, result, norm, float64_check()), need_outputs=verify)
     new = apply_plan(gm, result, norm)
     metrics = {"groups_pruned": len(norm),
                "units_removed": int(sum(result.groups[g].size - len(k) for g, k in norm.items()))}

@@ -7,7 +7,7 @@ w drops w * k from every output. For a consumer that sees k at every position (a
 ungrouped convolution) that is a constant per output: added to its bias, the pruned model computes exactly
 what the unpruned model with the removed channels zeroed computes, which `verify_exactness` then checks.
 
-    constants = removed_input_constants(gm, result, plan, example_inputs)   # {consumer: (positions, k)}
+    reference, constants = zeroed_run(gm, result, plan, example_inputs, substitute)   # {consumer: (positions, k)}
     add_to_biases(new, gm, constants, masks)
 """
 from __future__ import annotations
@@ -67,16 +67,18 @@ class _Capture(_Substituted):
         return super().call_module(target, args, kwargs)
 
 
-def removed_input_constants(gm: fx.GraphModule, result: ChannelGroupsResult, plan, inputs,
-                            substitute: Callable) -> Dict[str, Tuple[np.ndarray, torch.Tensor]]:
-    """{consumer: (removed input positions, their constant values)} where the zeroed model (`substitute`
-    zeroes the removed producers) feeds a consumer non-zero constants on removed channels."""
+def zeroed_run(gm: fx.GraphModule, result: ChannelGroupsResult, plan, inputs, substitute: Callable,
+               need_outputs: bool = True) -> Tuple[object, Dict[str, Tuple[np.ndarray, torch.Tensor]]]:
+    """One run of the zeroed model (`substitute` zeroes the removed producers): (its outputs, the reference
+    of the exactness check; {consumer: (removed input positions, their constant values)} where it feeds a
+    consumer non-zero constants on removed channels). Without consumers to look at and `need_outputs`
+    False, nothing runs: (None, {})."""
     sites = _sites(gm, result, plan)
-    if not sites:
-        return {}
+    if not sites and not need_outputs:
+        return None, {}
     capture = _Capture(gm, substitute, sites)
     with evaluating(gm), torch.no_grad():
-        capture.run(*inputs)
+        outputs = capture.run(*inputs)
     constants = {}
     for target, chunks in capture.seen.items():
         values = torch.cat(chunks).double()
@@ -85,7 +87,7 @@ def removed_input_constants(gm: fx.GraphModule, result: ChannelGroupsResult, pla
         constant = spread <= 1e-6 * (1 + k.abs())
         if len(chunks) == 1 and constant.all() and k.abs().max() > 0:   # called once, the same everywhere
             constants[target] = (sites[target], k)
-    return constants
+    return outputs, constants
 
 
 def add_to_biases(new: fx.GraphModule, old: fx.GraphModule, constants, masks) -> int:
