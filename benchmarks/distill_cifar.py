@@ -32,6 +32,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from provenance import provenance  # noqa: E402
 from int8_cifar import reference_and_loaders  # noqa: E402
+from resrep_cifar import training_time  # noqa: E402
 
 RESULTS = os.path.join(HERE, "results")
 FIGS = os.path.join(os.path.dirname(HERE), "figs")
@@ -76,10 +77,13 @@ def run_method(method: str, seed: int, reference, data, args) -> dict:
     passes.append(Distill(teacher=reference, losses=losses, student_nodes=taps, **common))
     start = time.perf_counter()
     result = fxcompress.compile(student, passes, X, train_loader=train, val_loader=test, device=args.device)
+    if args.train_only:   # the checkpoint is the product; a later run without --train-only resumes from it
+        return {"method": method, "seed": seed, "seconds": time.perf_counter() - start}
     path = os.path.join(args.workdir, key + ".onnx")
     fxcompress.compile(result.model.cpu().eval(), [ExportONNX(path)], X, progress=False)
     rec = result.report.records[-1]
-    row = {"method": method, "seed": seed, "epochs": args.epochs, "seconds": time.perf_counter() - start,
+    row = {"method": method, "seed": seed, "epochs": args.epochs, "compile_seconds": time.perf_counter() - start,
+           **training_time(os.path.join(args.workdir, key)),
            "top1": onnx_top1(path, test), "macs": rec.macs_after, "params": rec.params_after,
            "pairs": rec.metrics.get("pairs"), "train_loss": rec.metrics.get("train_loss"), "onnx": path}
     with open(cached, "w") as f:
@@ -122,6 +126,9 @@ def main(argv=None):
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--workdir", default=os.path.join(RESULTS, "distill_cifar_work"))
     ap.add_argument("--max-steps-per-epoch", type=int, default=None, help=argparse.SUPPRESS)   # smoke tests
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (onnxruntime: always 2)")
+    ap.add_argument("--train-only", action="store_true",
+                    help="train and checkpoint only (e.g. on a GPU machine); run again without it to finish")
     ap.add_argument("--out", default=os.path.join(RESULTS, "distill_cifar.json"))
     ap.add_argument("--fig", default=os.path.join(FIGS, "distill_cifar.png"))
     args = ap.parse_args(argv)
@@ -130,8 +137,13 @@ def main(argv=None):
     from fxcompress.passes import ExportONNX
 
     os.makedirs(args.workdir, exist_ok=True)
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     reference, meta, train, test, calib = reference_and_loaders()
+    if args.train_only:
+        for m in args.methods:
+            for s in args.seeds:
+                print(json.dumps(run_method(m, s, reference, (train, test), args)))
+        return 0
     ref_path = os.path.join(args.workdir, "reference.onnx")
     fxcompress.compile(reference, [ExportONNX(ref_path)], X, progress=False)
     reference_top1 = onnx_top1(ref_path, test)
@@ -147,7 +159,8 @@ def main(argv=None):
     os.makedirs(os.path.dirname(args.fig), exist_ok=True)
     plot(stats, reference_top1, args.fig)
     with open(args.out, "w") as f:
-        json.dump({"protocol": {k: v for k, v in vars(args).items() if k not in ("workdir", "out", "fig")},
+        json.dump({"protocol": {k: v for k, v in vars(args).items()
+                                if k not in ("workdir", "out", "fig", "train_only", "threads", "device")},
                    "teacher_top1": reference_top1, "rows": rows, "summary": stats, "table": text,
                    "provenance": provenance(ort_threads=2)}, f, indent=1)
     if args.max_steps_per_epoch is None and "scratch" in stats:

@@ -64,9 +64,13 @@ def run_variant(variant: str, reference, data, args) -> dict:
             return json.load(f)
     fp32, int8 = (os.path.join(args.workdir, f"{variant}{s}.onnx") for s in ("", "_int8"))
     start = time.perf_counter()
-    result = fxcompress.compile(reference, passes_for(variant, reference, args, os.path.join(args.workdir, variant)),
+    ckpt = os.path.join(args.workdir, variant)
+    result = fxcompress.compile(reference, passes_for(variant, reference, args, ckpt),
                                 X, train_loader=train, val_loader=test, device=args.device, progress=True)
     seconds = time.perf_counter() - start
+    if args.train_only:   # the checkpoint is the product; a later run without --train-only resumes from it
+        return {"variant": variant, "seconds": seconds}
+    train_time = training_time(ckpt)
     pruned = result.model.cpu().eval()
     fxcompress.compile(pruned, [ExportONNX(fp32)], X, progress=False)
     try:   # the INT8 check on 64 test images (val_loader); a refusal is a result, recorded, not a crash
@@ -80,7 +84,7 @@ def run_variant(variant: str, reference, data, args) -> dict:
         print(f"{variant}: INT8 export refused: {int8_error}", file=sys.stderr)
     records = result.report.records
     train_metrics = records[-1].metrics
-    row = {"variant": variant, "epochs": args.epochs, "train_seconds": seconds, "device": str(args.device),
+    row = {"variant": variant, "epochs": args.epochs, "compile_seconds": seconds, **train_time,
            "macs": records[-1].macs_after, "params": records[-1].params_after,
            "macs_before": records[0].macs_before, "params_before": records[0].params_before,
            "top1_fp32": onnx_top1(fp32, test), "top1_int8": onnx_top1(int8, test) if int8_error is None else None,
@@ -92,6 +96,17 @@ def run_variant(variant: str, reference, data, args) -> dict:
     with open(cached, "w") as f:
         json.dump(row, f, indent=1)
     return row
+
+
+def training_time(checkpoint_dir: str) -> dict:
+    """Where and how long the training ran, from the checkpoint's per-epoch timing (a run trained on a GPU
+    and finished here records the GPU's seconds, not the resume's)."""
+    from fxcompress.train.checkpoint import read_checkpoint
+    path = os.path.join(checkpoint_dir, "last.pt")
+    timing = read_checkpoint(path).get("timing", []) if os.path.isfile(path) else []
+    return {"train_seconds": sum(t["train_seconds"] + t["val_seconds"] for t in timing),
+            "train_device": sorted({t["device"] for t in timing}),
+            "epoch_seconds": [round(t["train_seconds"] + t["val_seconds"], 3) for t in timing]}
 
 
 def plots(rows, baseline, out_dir):
@@ -168,6 +183,9 @@ def main(argv=None):
     ap.add_argument("--workdir", default=os.path.join(RESULTS, "resrep_cifar_work"),
                     help="cached variants and training checkpoints (delete to start afresh)")
     ap.add_argument("--runs", type=int, default=30, help="latency: interleaved rounds")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (onnxruntime latency: always 2)")
+    ap.add_argument("--train-only", action="store_true",
+                    help="train and checkpoint only (e.g. on a GPU machine); run again without it to finish")
     ap.add_argument("--max-steps-per-epoch", type=int, default=None, help=argparse.SUPPRESS)   # smoke tests
     ap.add_argument("--out", default=os.path.join(RESULTS, "resrep_cifar.json"))
     ap.add_argument("--figs", default=FIGS)
@@ -179,8 +197,12 @@ def main(argv=None):
     from fxcompress.graph.tracing import propagate_shapes, trace
 
     os.makedirs(args.workdir, exist_ok=True)
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     reference, meta, train, test, calib = reference_and_loaders()
+    if args.train_only:
+        for v in args.variants:
+            print(json.dumps(run_variant(v, reference, (train, test, calib), args)))
+        return 0
 
     base_fp32, base_int8 = (os.path.join(args.workdir, f"reference{s}.onnx") for s in ("", "_int8"))
     fxcompress.compile(reference, [ExportONNX(base_fp32)], X, progress=False)
@@ -206,7 +228,8 @@ def main(argv=None):
     text = table(rows, baseline)
     print(text)
     plots(rows, baseline, args.figs)
-    payload = {"protocol": {k: v for k, v in vars(args).items() if k not in ("workdir", "out", "figs")},
+    payload = {"protocol": {k: v for k, v in vars(args).items()
+                            if k not in ("workdir", "out", "figs", "train_only", "threads", "device")},
                "baseline": baseline, "rows": rows, "table": text,
                "provenance": provenance(ort_threads=2)}
     with open(args.out, "w") as f:

@@ -61,12 +61,10 @@ class Distill(TransformPass):
                                   checkpoint_dir=checkpoint_dir, resume=resume, max_steps_per_epoch=max_steps_per_epoch)
 
     def _teacher(self, ctx) -> nn.Module:
-        if self.teacher is not None:
-            return self.teacher
-        model = ctx.input_model
+        model = self.teacher if self.teacher is not None else ctx.input_model
         if model is None:
             raise PassError("Distill teacher=None needs the model compile was given; pass teacher=...")
-        if model.training or any(t.device != ctx.device for t in model.parameters()):
+        if model.training or any(t.device != torch.device(ctx.device) for t in model.parameters()):
             return copy.deepcopy(model).to(ctx.device).eval()   # must change mode or device: a copy
         return model
 
@@ -77,7 +75,7 @@ class Distill(TransformPass):
         student = with_features(ctx.gm, self.student_nodes, "Distill student_nodes")
         graph = teacher if isinstance(teacher, torch.fx.GraphModule) else trace(teacher)
         tapped = with_features(graph, self.teacher_nodes, "Distill teacher_nodes")
-        s_feats, t_feats = run_eval(student, ctx.example_inputs)[1], run_eval(tapped, ctx.example_inputs)[1]
+        s_feats, t_feats = (run_eval(m, [x.to(_device_of(m)) for x in ctx.example_inputs])[1] for m in (student, tapped))
         pairs = []
         for s_name, t_name, s, t in zip(self.student_nodes, self.teacher_nodes, s_feats, t_feats):
             bridge = []
@@ -126,3 +124,7 @@ class Distill(TransformPass):
         if ctx.val_loader is not None:
             metrics["top1_after"] = evaluate(ctx.gm, ctx.val_loader, ctx.device)["top1"]
         return metrics
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    return next((p.device for p in module.parameters()), torch.device("cpu"))

@@ -8,8 +8,10 @@ resumed from the checkpoint of epoch k ends with the same weights as an uninterr
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
+import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Iterable, List, Optional, Sequence
 
@@ -24,6 +26,8 @@ from ..data.loader import unpack_batch
 from ..core.errors import DataError, PassError
 
 SCHEDULES = ("cosine", "onecycle", "constant")
+# one line per epoch at INFO (silent unless the application shows it: the command line does, in logs)
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -176,6 +180,7 @@ def fit(model: nn.Module, train_loader: Iterable, config: TrainConfig, val_loade
     net = nn.parallel.DistributedDataParallel(model) if dinfo.world_size > 1 else model
 
     history: List[dict] = []
+    timing: List[dict] = []   # wall seconds per epoch, kept in the checkpoint (not in the history: runs compare it)
     start_epoch = 0
     ckpt = _checkpoint_path(config)
     if config.resume and ckpt and os.path.isfile(ckpt):
@@ -186,12 +191,14 @@ def fit(model: nn.Module, train_loader: Iterable, config: TrainConfig, val_loade
         for hook, hook_state in zip(hooks, state.get("hooks", [])):
             hook.load_state_dict(hook_state)
         history, start_epoch = list(state["history"]), int(state["epoch"])
+        timing = list(state.get("timing", []))
 
     for epoch in range(start_epoch, config.epochs):
         if hasattr(train_loader, "set_epoch"):
             train_loader.set_epoch(epoch)
         net.train()
         loss_sum, seen = 0.0, 0
+        epoch_start = time.perf_counter()
         bar = tqdm(total=steps_per_epoch, desc=f"{desc} {epoch + 1}/{config.epochs}", leave=False,
                    disable=not (config.progress and dinfo.is_main))
         for i, batch in enumerate(train_loader):
@@ -227,14 +234,21 @@ def fit(model: nn.Module, train_loader: Iterable, config: TrainConfig, val_loade
         for hook in hooks:
             hook.on_epoch_end(epoch, model)
         record = {"epoch": epoch + 1, "loss": loss_sum / max(seen, 1), "lr": lr}
+        train_end = time.perf_counter()
         if val_loader is not None and dinfo.is_main:
             record.update({f"val_{k}": v for k, v in evaluate(model, val_loader, device).items() if k != "samples"})
         history.append(record)
+        if dinfo.is_main:
+            log.info("%s epoch %d/%d: %s", desc, epoch + 1, config.epochs,
+                     ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k != "epoch"))
+        timing.append({"epoch": epoch + 1, "steps": steps_per_epoch, "train_seconds": train_end - epoch_start,
+                       "val_seconds": time.perf_counter() - train_end, "device": str(device)})
         if ckpt and dinfo.is_main:
             os.makedirs(config.checkpoint_dir, exist_ok=True)
             save_checkpoint({"epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                              "rng": torch.get_rng_state(), "history": history,
-                             "hooks": [h.state_dict() for h in hooks], "config": asdict(config)}, ckpt)
+                             "hooks": [h.state_dict() for h in hooks], "config": asdict(config),
+                             "timing": timing}, ckpt)
     for hook in hooks:
         hook.on_train_end(model)
     if dinfo.world_size > 1:

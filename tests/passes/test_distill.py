@@ -64,6 +64,19 @@ def test_the_default_teacher_is_the_model_compile_was_given_untouched():
     assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
 
 
+def test_a_given_teacher_in_training_mode_is_copied_not_changed(teacher):
+    # a given teacher gets the default teacher's rule: a copy when its mode (or device, on a GPU) must change;
+    # before, it was used as given and moved onto the training device in place
+    user_teacher = copy.deepcopy(teacher).train()
+    weights = copy.deepcopy(user_teacher.state_dict())
+    torch.manual_seed(0)
+    result = fxcompress.compile(get_model("small_cnn", width=8),
+                                [Distill(user_teacher, losses=["kd", "irg"], student_nodes=["features_9"], epochs=1,
+                                         max_steps_per_epoch=3)], X, progress=False, train_loader=digits("train"))
+    assert user_teacher.training and result.report.records[0].metrics["pairs"][0]["teacher"] == "features_9"
+    assert all(torch.equal(weights[k], v) for k, v in user_teacher.state_dict().items())
+
+
 def test_bad_input_names_the_culprit(teacher):
     with pytest.raises(fxcompress.PassError, match=r"close matches"):
         fxcompress.compile(get_model("small_cnn", width=8), [Distill(teacher, student_nodes=["feature_5x"])], X,
