@@ -32,6 +32,9 @@ random init and so quantized with a tiny scale, had 5.7% of its codes one step o
 other softmax whose output is quantized runs as MLAS's float kernel (its own exp polynomial, lane-wise sums,
 a multiply by 1 / sum: `mlas_softmax`, probed), from which torch's differs on about half of the values.
 
+A SiLU between two quantizers is lowered to QLinearSigmoid + QLinearMul on the codes (`lower_silu.py`):
+its output codes are read from onnxruntime's table of the 256 input codes (`qlinear_silu`).
+
 Each emulated op gets an `IntegerEmulation` node after it that replaces its float result by the emulated
 one; in training (QAT) and while exporting to ONNX it returns its input unchanged, so gradients and the
 written QDQ graph are those of plain fake quantization.
@@ -50,6 +53,7 @@ from ..ops.elementwise import ADD
 from ..ops.pooling import AVERAGE_POOL
 from .fake_quant import WEIGHT_QMAX, WEIGHT_QMIN, ActivationQuantizer, WeightQuantizer, exporting, fit_bias_to_int32
 from .insert import rule_for
+from .lower_silu import ort_qlinear_silu_exact, silu_codes
 from .observers import QMAX, QMIN
 from .ort_float_ops import (mlas_logistic, ort_logistic_variant, logistic_kind, ort_batch_norm, ort_batch_norm_variant,
                             float_batch_norm, mlas_softmax, ort_softmax_variant, softmax_dim, qlinear_softmax,
@@ -90,6 +94,11 @@ class IntegerEmulation(nn.Module):
                 out = ort_batch_norm(inputs[0], self.refs["layer"], *self.refs["variant"])
             elif self.kind == "softmax":
                 out = mlas_softmax(inputs[0], *self.refs["variant"])
+            elif self.kind == "qlinear_silu":
+                qx, qy = self.refs["inputs"][0], self.refs["output"]
+                zx, zy = int(qx.zero_point), int(qy.zero_point)
+                codes = silu_codes(_codes(inputs[0], qx) + zx, float(qx.scale), zx, float(qy.scale), zy)
+                out = (codes - float(zy)) * qy.scale.float()
             elif self.kind == "qlinear_softmax":
                 qx, qy = self.refs["inputs"][0], self.refs["output"]
                 codes = qlinear_softmax(_codes(inputs[0], qx) + float(qx.zero_point), self.refs["variant"][0],
@@ -252,7 +261,7 @@ def install_integer_emulation(gm: fx.GraphModule, weighted: Dict[str, nn.Module]
     (ActivationQuantizer.divide). Returns counts."""
     modules = dict(gm.named_modules())
     counts = {"int32_bias_channels_rescaled": 0, "emulated_layers": 0, "emulated_adds": 0, "emulated_pools": 0,
-              "emulated_sigmoids": 0,
+              "emulated_sigmoids": 0, "qlinear_silus": 0,
               "emulated_batch_norms": 0, "emulated_softmaxes": 0}
     constant_only = _quantizers_of_constants(gm, modules)
     for name, m in modules.items():
@@ -294,6 +303,12 @@ def install_integer_emulation(gm: fx.GraphModule, weighted: Dict[str, nn.Module]
             if node.kwargs.get("inplace"):
                 node.kwargs = {**node.kwargs, "inplace": False}
             qx = _quantizer_of(node.args[0], modules)
+            qy = _quantizer_of(next(iter(node.users)), modules) if len(node.users) == 1 else None
+            if logistic == "silu" and qx is not None and qy is not None and ort_qlinear_silu_exact():
+                # lowered to QLinearSigmoid + QLinearMul (lower_silu.py): its codes, by onnxruntime's table
+                _insert(gm, node, IntegerEmulation("qlinear_silu", [qx], qy), (node.args[0],))
+                counts["qlinear_silus"] += 1
+                continue
             _insert(gm, node, IntegerEmulation(logistic, [qx] if qx is not None else [], None, variant=variant),
                     (node.args[0],))
             counts["emulated_sigmoids"] += 1

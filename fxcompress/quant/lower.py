@@ -16,6 +16,7 @@ from onnx import helper, numpy_helper
 from ..core.errors import VerificationError
 from .lower_float_ops import fuse_gelu
 from .lower_linear import lower_nd_linears
+from .lower_silu import fuse_qlinear_silu
 from .onnx_nodes import consumers
 
 INTEGER_KERNELS = ("QLinearConv", "ConvInteger", "QGemm", "QLinearMatMul", "MatMulInteger", "MatMulIntegerToFloat",
@@ -26,7 +27,7 @@ def lower_int8(model: onnx.ModelProto, folded: Dict[str, str] = None) -> onnx.Mo
     """The exported fake-quant graph as a genuinely INT8 model: int8 weight initializers, int32 biases,
     convs with input channels aligned for onnxruntime's fast kernel. `folded` receives
     {int8 initializer name: float weight name} (see fold_weight_quantizers)."""
-    model = fuse_gelu(lower_nd_linears(fold_weight_quantizers(model, folded)))
+    model = fuse_qlinear_silu(fuse_gelu(lower_nd_linears(fold_weight_quantizers(model, folded))))
     return align_conv_input_channels(quantize_biases(model))
 
 
