@@ -11,7 +11,11 @@ setup(
     install_requires=[
         # onnxscript: imported by torch.onnx's exporter, not by fxcompress itself
         "torch>=2.4", "numpy", "scipy", "networkx", "onnx", "onnxruntime", "onnxscript", "tqdm", "Pillow",
+        # matplotlib: every run's report.html embeds its figures, and `explain` draws the group graph
+        "matplotlib",
+        "pyyaml",   # recipes (fxcompress/recipes)
     ],
+    package_data={"fxcompress.recipes": ["shipped/*.yaml"]},
     extras_require={
         # timm: the canonical-form tests build its layers (a test dependency, never a runtime one)
         "test": ["pytest", "pytest-xdist", "torchvision", "scikit-learn", "timm"],

@@ -119,7 +119,7 @@ def _setup_requirements():
     return {name(r) for r in kw["install_requires"]}, {e: {name(r) for r in rs} for e, rs in kw["extras_require"].items()}
 
 
-DIST_NAME = {"pil": "pillow", "sklearn": "scikit-learn"}
+DIST_NAME = {"pil": "pillow", "sklearn": "scikit-learn", "yaml": "pyyaml"}
 INDIRECT = {"onnxscript": "torch.onnx's exporter imports it"}   # required without being imported here
 
 

@@ -19,12 +19,13 @@ def parse_shape(text: str) -> Tuple[int, ...]:
     return shape
 
 
-def run_cli(prog: str, main: Callable[[], int]) -> None:
-    """Run `main`; a typed fxcompress error (or a missing file) becomes one line on stderr and exit code 2."""
+def guarded(prog: str, main: Callable[..., int], *args) -> int:
+    """Run `main(*args)` and return its exit code; a typed fxcompress error (or a missing file) becomes one
+    line on stderr and code 2."""
     try:
-        code = main()
+        code = main(*args)
     except FxCompressError as e:
-        print(f"{prog}: error: {type(e).__name__}: {e}", file=sys.stderr)
+        print(f"{prog}: error: {type(e).__name__}: {' '.join(str(e).splitlines())}", file=sys.stderr)
         code = 2
     except (FileNotFoundError, PermissionError, IsADirectoryError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
@@ -32,4 +33,9 @@ def run_cli(prog: str, main: Callable[[], int]) -> None:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         code = 130
-    sys.exit(code or 0)
+    return code or 0
+
+
+def run_cli(prog: str, main: Callable[[], int]) -> None:
+    """Run `main`; a typed fxcompress error (or a missing file) becomes one line on stderr and exit code 2."""
+    sys.exit(guarded(prog, main))

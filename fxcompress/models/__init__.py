@@ -34,7 +34,7 @@ def get_model(name: str, **kwargs) -> nn.Module:
     return REGISTRY[name](**kwargs)
 
 
-def _from_file(spec: str) -> nn.Module:
+def _from_file(spec: str, **kwargs) -> nn.Module:
     path, _, factory = spec.rpartition(":")
     if not os.path.isfile(path):
         raise ModelNotFoundError(f"model file {path} does not exist (expected path/to/file.py:factory)")
@@ -48,28 +48,36 @@ def _from_file(spec: str) -> nn.Module:
     fn = getattr(module, factory, None)
     if not callable(fn):
         raise ModelNotFoundError(f"{path} has no callable {factory!r}")
-    model = fn()
+    model = fn(**kwargs)
     if not isinstance(model, nn.Module):
         raise ModelNotFoundError(f"{spec} returned {type(model).__name__}, not an nn.Module")
     return model
 
 
-def load_model(spec: str, checkpoint: Optional[str] = None) -> nn.Module:
-    """A model from a registry name, a torchvision model name, or `path/to/file.py:factory`,
-    with weights from `checkpoint` (loaded with weights_only=True) if given."""
+def _from_torchvision(name: str, **kwargs) -> nn.Module:
+    try:
+        import torchvision
+        return torchvision.models.get_model(name, weights=None, **kwargs)
+    except (ImportError, ValueError) as e:
+        raise ModelNotFoundError(f"unknown model {name!r}: not a registry model ({', '.join(list_models())}), "
+                                 f"not a torchvision model, not a file.py:factory") from e
+
+
+def load_model(spec: str, checkpoint: Optional[str] = None, **kwargs) -> nn.Module:
+    """A model from a registry name, a torchvision model name, or `path/to/file.py:factory`, built with
+    `kwargs` (e.g. num_classes=5), with weights from `checkpoint` (loaded with weights_only=True) if given."""
     if spec.endswith(".py") or ".py:" in spec:
         if ":" not in spec.rsplit(".py", 1)[1]:
             raise ModelNotFoundError(f"{spec}: name the factory function too, as path/to/file.py:factory")
-        model = _from_file(spec)
-    elif spec in REGISTRY:
-        model = get_model(spec)
+        build = _from_file
     else:
-        try:
-            import torchvision
-            model = torchvision.models.get_model(spec, weights=None)
-        except (ImportError, ValueError) as e:
-            raise ModelNotFoundError(f"unknown model {spec!r}: not a registry model ({', '.join(list_models())}), "
-                                     f"not a torchvision model, not a file.py:factory") from e
+        build = get_model if spec in REGISTRY else _from_torchvision
+    try:
+        model = build(spec, **kwargs)
+    except TypeError as e:
+        if not kwargs:
+            raise
+        raise ModelNotFoundError(f"model {spec} does not take {', '.join(kwargs)}: {e}") from e
     if checkpoint:
         load_checkpoint(model, checkpoint)
     return model

@@ -123,3 +123,43 @@ def test_bad_arguments_exit_2_without_traceback_or_output(args, expect, tmp_path
     assert expect in line, proc.stderr
     left = {p.name for p in tmp_path.rglob("*")} - before - {"__pycache__"}
     assert not {n for n in left if not n.endswith(".pyc")}, left
+
+
+def test_recipe_exports_the_compressed_model(tmp_path):
+    """--recipe runs the recipe (here: pretraining, then INT8) and writes its final ONNX file at --output;
+    the run folder is temporary unless --run-dir keeps it."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: {name: small_cnn, pretrain: {epochs: 1}}\ndata: {kind: digits, calib_images: 64}\n"
+                      "pipeline: [FoldBatchNorm, QuantizeINT8]\nsettings: {latency_runs: 0, threads: 1}\n")
+    out = tmp_path / "int8.onnx"
+    assert main(["--recipe", str(recipe), "--output", str(out)]) == 0
+    model = onnx.load(str(out))
+    assert any(i.data_type == onnx.TensorProto.INT8 for i in model.graph.initializer)
+    assert any(n.op_type == "QLinearConv" or n.op_type == "DequantizeLinear" for n in model.graph.node)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["int8.onnx", "r.yaml"]
+    # a kept run folder holds the report and checkpoints; the same file comes out again when resumed
+    assert main(["--recipe", str(recipe), "--output", str(tmp_path / "again.onnx"), "--run-dir",
+                 str(tmp_path / "run")]) == 0
+    assert (tmp_path / "run" / "report.json").exists() and (tmp_path / "run" / "checkpoints").is_dir()
+    assert (tmp_path / "again.onnx").read_bytes() == out.read_bytes()
+
+
+@pytest.mark.parametrize("args,expect", [
+    (["--recipe", "digits", "--checkpoint", "w.pt"],
+     "--checkpoint is for --model; with --recipe, set it in the recipe"),
+    (["--recipe", "digits", "--resume"], "--resume needs the --run-dir of the interrupted run"),
+    (["--recipe", "nope.yaml"], "RecipeError: recipe nope.yaml does not exist"),
+    (["--recipe", "digits", "--set", "pipeline.ResRep.epochs=0"],
+     "--set pipeline.ResRep.epochs=0: 0 is out of range: give an integer >= 1"),
+    (["--model", "resnet20", "--recipe", "digits"], "argument --recipe: not allowed with argument --model"),
+])
+def test_bad_recipe_arguments_exit_2(args, expect, tmp_path, monkeypatch, capsys):
+    from fxcompress.cli.common import guarded
+    monkeypatch.chdir(tmp_path)
+    try:
+        code = guarded("fxcompress.export", main, [*args, "--output", "out.onnx"])
+    except SystemExit as e:   # argparse's own errors
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2 and expect in err.strip().splitlines()[-1], err
+    assert os.listdir(tmp_path) == []
