@@ -85,17 +85,21 @@ def run_method(method: str, seed: int, reference, data, args) -> dict:
     row = {"method": method, "seed": seed, "epochs": args.epochs, "compile_seconds": time.perf_counter() - start,
            **training_time(os.path.join(args.workdir, key)),
            "top1": onnx_top1(path, test), "macs": rec.macs_after, "params": rec.params_after,
-           "pairs": rec.metrics.get("pairs"), "train_loss": rec.metrics.get("train_loss"), "onnx": path}
+           "pairs": rec.metrics.get("pairs"), "train_loss": rec.metrics.get("train_loss"),
+           "top1_before_training": rec.metrics.get("top1_before"), "onnx": os.path.basename(path)}
     with open(cached, "w") as f:
         json.dump(row, f, indent=1)
     return row
 
 
 def summary(rows) -> dict:
-    out = {}
+    out, before = {}, {}
     for r in rows:
         out.setdefault(r["method"], []).append(r["top1"])
-    return {m: {"mean": statistics.mean(v), "spread": (max(v) - min(v)) if len(v) > 1 else None, "runs": len(v)}
+        if r.get("top1_before_training") is not None:
+            before.setdefault(r["method"], []).append(r["top1_before_training"])
+    return {m: {"mean": statistics.mean(v), "spread": (max(v) - min(v)) if len(v) > 1 else None, "runs": len(v),
+                "before_training": statistics.mean(before[m]) if m in before else None}
             for m, v in out.items()}
 
 
@@ -149,11 +153,12 @@ def main(argv=None):
     reference_top1 = onnx_top1(ref_path, test)
     rows = [run_method(m, s, reference, (train, test), args) for m in args.methods for s in args.seeds]
     stats = summary(rows)
-    lines = ["| method | top-1 (mean) | spread | runs |", "|---|---|---|---|",
-             f"| teacher ResNet-20 | {100 * reference_top1:.2f}% | - | - |"]
+    lines = ["| method | top-1 (mean) | spread | runs | before training |", "|---|---|---|---|---|",
+             f"| teacher ResNet-20 | {100 * reference_top1:.2f}% | - | - | - |"]
     for m, s in stats.items():
         spread = "-" if s["spread"] is None else f"{100 * s['spread']:.2f}"
-        lines.append(f"| {m} | {100 * s['mean']:.2f}% | {spread} | {s['runs']} |")
+        before = "-" if s["before_training"] is None else f"{100 * s['before_training']:.2f}%"
+        lines.append(f"| {m} | {100 * s['mean']:.2f}% | {spread} | {s['runs']} | {before} |")
     text = "\n".join(lines)
     print(text)
     os.makedirs(os.path.dirname(args.fig), exist_ok=True)
@@ -164,12 +169,12 @@ def main(argv=None):
                    "teacher_top1": reference_top1, "rows": rows, "summary": stats, "table": text,
                    "provenance": provenance(ort_threads=2)}, f, indent=1)
     if args.max_steps_per_epoch is None and "scratch" in stats:
-        shutil.copyfile(next(r["onnx"] for r in rows if r["method"] == "scratch"),
+        shutil.copyfile(os.path.join(args.workdir, next(r["onnx"] for r in rows if r["method"] == "scratch")),
                         os.path.join(RESULTS, "distill_scratch.onnx"))
         distilled = [r for r in rows if r["method"] not in ("scratch", "pruned", "pruned_kd")]
         if distilled:
             best = max(distilled, key=lambda r: r["top1"])
-            shutil.copyfile(best["onnx"], os.path.join(RESULTS, "distill_best.onnx"))
+            shutil.copyfile(os.path.join(args.workdir, best["onnx"]), os.path.join(RESULTS, "distill_best.onnx"))
     return 0
 
 
