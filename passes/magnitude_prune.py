@@ -9,6 +9,8 @@ from fxcompress.prune.apply import prune
 from fxcompress.core.errors import PassError, VerificationError
 from fxcompress.core.pass_base import TransformPass
 from fxcompress.graph.macs import count_macs
+from fxcompress.latency.runtime import RUNTIMES, Runtime
+from fxcompress.latency.target import LatencyTarget, prune_to_latency
 from fxcompress.prune.plan import (PlanMacs, magnitude_scores, plan_from_scores, refine_to_target, search_ratio,
                                    select_groups)
 
@@ -29,14 +31,25 @@ class MagnitudePrune(TransformPass):
     is searched so that the pruned model has at most that many MACs, then (`refine`) channels are given
     back `round_to` at a time, best first, while the MACs stay within the target (rounding otherwise
     overshoots). No group is cut below `min_channels` (16 keeps onnxruntime's fast int8 conv kernel, which
-    needs 16 output channels). Checked for exactness like PruneChannels."""
+    needs 16 output channels). Checked for exactness like PruneChannels.
+
+    With `target_latency` (a fraction of the unpruned model's latency measured on `runtime`, or on
+    `relative_to`), channels are ranked by importance per unit of latency saved, predicted from per-layer
+    latency tables measured in onnxruntime at `threads` and `batch` (fxcompress/latency/), so widths land
+    where the kernels are fast; the pruned model is measured beside the unpruned one and its measured
+    latency reported beside the target (re-planned up to twice when it misses by more than 5 %):
+
+        MagnitudePrune(target_latency=0.33, runtime="onnxruntime-int8", threads=2, batch=32, round_to=8)
+        MagnitudePrune(target_latency=0.33, runtime="onnxruntime-int8", relative_to="onnxruntime-fp32")
+    """
 
     requires = (ChannelGroups,)
     writes_in_place = False   # builds the pruned model beside ctx.gm (fxcompress.prune.apply)
 
     def __init__(self, ratio: float = 0.5, norm: float = 1, round_to: int = 1, global_ranking: bool = False,
                  ignore: Iterable[str] = (), target_macs: Optional[float] = None, refine: bool = True,
-                 min_channels: int = 1):
+                 min_channels: int = 1, target_latency: Optional[float] = None, runtime: str = "onnxruntime-fp32",
+                 threads: int = 2, batch: int = 1, relative_to: Optional[str] = None):
         def bad(option, value, want):
             return PassError(f"MagnitudePrune option {option}={value!r} is invalid: {want}")
 
@@ -57,6 +70,20 @@ class MagnitudePrune(TransformPass):
                                                   "or None to prune by ratio")
         if not is_int(min_channels) or min_channels < 1:
             raise bad("min_channels", min_channels, "give an integer >= 1 (no group is cut below it)")
+        if target_latency is not None and (not is_number(target_latency) or not 0 < target_latency < 1):
+            raise bad("target_latency", target_latency, "give the fraction of the unpruned model's measured latency "
+                                                        "to reach, in (0, 1), or None")
+        if target_latency is not None and target_macs is not None:
+            raise bad("target_latency", target_latency, "give either target_latency or target_macs, not both")
+        for option, value in (("runtime", runtime), ("relative_to", relative_to)):
+            if (value is not None or option == "runtime") and value not in RUNTIMES:
+                raise bad(option, value, f"choose one of {sorted(RUNTIMES)}")
+        for option, value in (("threads", threads), ("batch", batch)):
+            if not is_int(value) or value < 1:
+                raise bad(option, value, "give an integer >= 1")
+        self.latency = None if target_latency is None else LatencyTarget(
+            float(target_latency), Runtime(runtime, threads, batch),
+            None if relative_to is None else Runtime(relative_to, threads, batch))
         if isinstance(ignore, str):
             ignore = [ignore]
         self.ratio, self.norm, self.round_to = float(ratio), norm, round_to
@@ -86,6 +113,11 @@ class MagnitudePrune(TransformPass):
             return plan_from_scores(groups, scores, ratio, self.round_to, self.global_ranking, self.min_channels)
 
         ratio = self.ratio
+        if self.latency is not None:
+            ctx.gm, metrics = prune_to_latency(ctx.gm, result, groups, scores, ctx.example_inputs, self.latency,
+                                               self.round_to, self.min_channels, ctx.progress)
+            metrics["prunable_groups"] = len(groups)
+            return metrics
         if self.target_macs is not None:
             target = int(self.target_macs * ctx.flops().macs)
             macs_of = PlanMacs(ctx.gm, result)
