@@ -17,6 +17,7 @@ import onnx
 import torch
 
 from ..core.errors import PassError
+from ..core.provenance import cpu_model
 from ..onnx.write import to_onnx_proto
 from .timing import Profile, interleaved_runs
 
@@ -49,23 +50,12 @@ class Runtime:
         """Cache folder name: the runtime, threads and batch, and a digest of what else fixes a timing (the
         CPU and the onnxruntime version): a table measured elsewhere is never reused."""
         import onnxruntime as ort
-        machine = f"{_cpu_model()}|{ort.__version__}|{platform.machine()}"
+        machine = f"{cpu_model()}|{ort.__version__}|{platform.machine()}"
         digest = hashlib.sha256(machine.encode()).hexdigest()[:12]
         return f"{self.name}-t{self.threads}-b{self.batch}-{digest}"
 
     def describe(self) -> str:
         return f"{self.name}, {self.threads} thread(s), batch {self.batch}"
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def runtime_input(example_inputs: Sequence[torch.Tensor], runtime: Runtime, seed: int = 0) -> torch.Tensor:
