@@ -70,12 +70,10 @@ def run_all(joblist, workroot, epochs, device, max_steps, logdir, deadline):
 
 
 def timing(workroot, job):
-    import torch
+    from fxcompress.train.checkpoint import read_checkpoint
     script, _, key = job
     path = os.path.join(workroot, f"{script}_work", key, "last.pt")
-    if not os.path.isfile(path):
-        return []
-    return torch.load(path, map_location="cpu", weights_only=True).get("timing", [])
+    return read_checkpoint(path).get("timing", []) if os.path.isfile(path) else []
 
 
 def log_tail(logdir, job, lines=15):

@@ -18,8 +18,6 @@ loops), else the float form stays.
 from __future__ import annotations
 
 import functools
-from typing import Optional
-
 import numpy as np
 import onnx
 import torch
@@ -131,8 +129,6 @@ def ort_qlinear_silu_exact() -> bool:
     return True
 
 
-def silu_codes(codes: torch.Tensor, sx: float, zx: int, sy: float, zy: int,
-               table: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Output codes (float) for uint8 input codes (float or int), by the table."""
-    table = qlinear_silu_table(sx, zx, sy, zy) if table is None else table
-    return table.to(codes.device)[codes.long().clamp(0, 255)]
+def silu_codes(codes: torch.Tensor, sx: float, zx: int, sy: float, zy: int) -> torch.Tensor:
+    """Output codes (float) for uint8 input codes (float or int), by onnxruntime's table."""
+    return qlinear_silu_table(sx, zx, sy, zy).to(codes.device)[codes.long().clamp(0, 255)]
