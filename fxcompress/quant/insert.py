@@ -5,11 +5,13 @@ chosen by how onnxruntime's CPU optimizer turns QDQ groups into integer kernels:
 - "weighted" (conv, linear): int8 weight per output channel, uint8 input and output -> QLinearConv, QGemm;
 - "requantize" (add, average pools, concat): every tensor input and the output quantized -> QLinearAdd...;
 - "activation" (ReLU-like, right after a quantized op): the output is quantized after them instead;
-- "passthrough" (max-pool, flatten, reshape, dropout): reuse the input's quantizer, run on uint8.
+- "passthrough" (max-pool, flatten, reshape, dropout, chunk/split and their getitem): reuse the input's
+  quantizer, run on uint8.
 
 The plan is tensor-centric, like a QDQ model: a tensor is quantized once, at its producer, when it
 is an input or output of a quantized op. A ReLU-like op right after a quantized op moves the output
-quantization after it; a pass-through op reuses its input's quantizer.
+quantization after it; a pass-through op reuses the quantizer of the tensor it reads, which moves there from
+after the op when that tensor is not quantized yet (quant/passthrough.py: C2f's SiLU before its chunk).
 """
 from __future__ import annotations
 
@@ -24,6 +26,8 @@ from .. import ops  # noqa: F401  (registers every op family's rules)
 from ..ops.registry import QUANT, QuantRule
 from .fake_quant import ActivationQuantizer, WeightQuantizer
 from .observers import CalibrationConfig
+from .passthrough import hoist_quantizers, share_quantizers   # also registers the split family's rules
+from .passthrough import is_float_tensor as _is_float_tensor
 
 
 def rule_for(node: fx.Node, modules: Dict[str, nn.Module]) -> Optional[QuantRule]:
@@ -39,13 +43,6 @@ def activation_bound(node: fx.Node, rule: QuantRule, modules):
     if rule.upper_bound is None:
         return None
     return rule.upper_bound(modules[node.target] if node.op == "call_module" else node)
-
-
-def _is_float_tensor(node) -> bool:
-    if not isinstance(node, fx.Node):
-        return False
-    meta = node.meta.get("tensor_meta")
-    return meta is not None and hasattr(meta, "dtype") and meta.dtype.is_floating_point
 
 
 def _tensor_args(node: fx.Node) -> List[fx.Node]:
@@ -91,6 +88,8 @@ def plan_quantization(gm: fx.GraphModule, min_input_channels: int = 1) -> QuantP
         only_output = all(u.op == "output" for u in n.users)
         if not (only_output and rule.float_output_ok is not None and rule.float_output_ok(n)):
             need[n] = None
+    # a pass-through op's quantizer moves up onto the tensor it moves, where that changes no float reader
+    hoist_quantizers(need, rules)
     # ReLU-like op as the only user of a quantized op: quantize after it (the lowering drops the ReLU)
     for n in list(need):
         rule = rules[n]
@@ -104,13 +103,9 @@ def plan_quantization(gm: fx.GraphModule, min_input_channels: int = 1) -> QuantP
             bound = activation_bound(user, urule, modules)
             if bound is not None and bound is not False:
                 plan.bounds[user] = bound
-    # pass-through ops reuse the quantizer of their (quantized) input
+    # pass-through ops reuse the quantizer of the tensor they move (placed there if it had none)
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
-    for n in sorted(need, key=order.get):
-        rule = rules[n]
-        if rule is not None and rule.role == "passthrough" and n.args and n.args[0] in need:
-            src = n.args[0]
-            plan.shared[n] = plan.shared.get(src, src)
+    plan.shared = share_quantizers(need, rules, order)
     plan.quantized = [n for n in sorted(need, key=order.get) if n not in plan.shared]
     return plan
 

@@ -18,6 +18,7 @@ from .lower_float_ops import fuse_gelu
 from .lower_linear import lower_nd_linears
 from .lower_silu import fuse_qlinear_silu
 from .onnx_nodes import consumers
+from .passthrough import shapes_of_codes
 
 INTEGER_KERNELS = ("QLinearConv", "ConvInteger", "QGemm", "QLinearMatMul", "MatMulInteger", "MatMulIntegerToFloat",
                    "DynamicQuantizeMatMul", "QAttention")
@@ -28,6 +29,7 @@ def lower_int8(model: onnx.ModelProto, folded: Dict[str, str] = None) -> onnx.Mo
     convs with input channels aligned for onnxruntime's fast kernel. `folded` receives
     {int8 initializer name: float weight name} (see fold_weight_quantizers)."""
     model = fuse_qlinear_silu(fuse_gelu(lower_nd_linears(fold_weight_quantizers(model, folded))))
+    model = shapes_of_codes(model)   # after the SiLU fusion, whose output codes a split's Shape may read
     return align_conv_input_channels(quantize_biases(model))
 
 
