@@ -32,8 +32,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 STEPS_PER_EPOCH = 391   # ceil(50000 / 128): the CIFAR-10 train loader of both benchmarks
 
 
-def jobs(resrep_variants, distill_methods, seeds):
+def jobs(resrep_variants, distill_methods, seeds, latency_variants=()):
     out = [("resrep_cifar", ["--variants", v], v) for v in resrep_variants]
+    out += [("latency_cifar", ["--variants", v], v) for v in latency_variants]   # needs its --plan run first
     out += [("distill_cifar", ["--methods", m, "--seeds", str(s)], f"{m}_s{s}") for m in distill_methods
             for s in seeds]
     return out
@@ -90,6 +91,8 @@ def main(argv=None):
     ap.add_argument("--resrep-variants", nargs="*", default=["resrep", "magnitude", "resrep_kd", "magnitude_kd"])
     ap.add_argument("--distill-methods", nargs="*",
                     default=["scratch", "kd", "irg", "vid", "kd_irg", "pruned", "pruned_kd"])
+    ap.add_argument("--latency-variants", nargs="*", default=[],
+                    help="latency_cifar.py students (their --plan must have run here and its work dir be carried)")
     ap.add_argument("--seeds", nargs="*", type=int, default=[0])
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--epochs", type=int, default=None, help="skip the probe and train this many epochs")
@@ -107,7 +110,7 @@ def main(argv=None):
     from fxcompress.data import cifar10
     cifar10(split="train"), cifar10(split="test")    # decode once, cached for every job
     print(f"data decoded in {time.time() - t0:.0f} s", flush=True)
-    joblist = jobs(args.resrep_variants, args.distill_methods, args.seeds)
+    joblist = jobs(args.resrep_variants, args.distill_methods, args.seeds, args.latency_variants)
     report = {"device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
               "torch": torch.__version__, "cpus": os.cpu_count(), "jobs": [j[2] for j in joblist]}
     deadline = t0 + args.budget
@@ -143,7 +146,7 @@ def main(argv=None):
                                   "train_seconds": round(sum(e["train_seconds"] + e["val_seconds"] for e in t), 1)}
         if ended[job[2]]["rc"] != 0:
             print(f"{job[2]}: {ended[job[2]]['rc']}\n{log_tail(logdir, job)}", flush=True)
-    for script in ("resrep_cifar", "distill_cifar"):
+    for script in ("resrep_cifar", "distill_cifar", "latency_cifar"):
         work = os.path.join(args.workroot, f"{script}_work")
         if os.path.isdir(work):
             with tarfile.open(os.path.join(args.out, f"{script}_work.tar"), "w") as tar:
