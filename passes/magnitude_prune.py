@@ -9,8 +9,7 @@ from fxcompress.prune.apply import prune
 from fxcompress.core.errors import PassError, VerificationError
 from fxcompress.core.pass_base import TransformPass
 from fxcompress.graph.macs import count_macs
-from fxcompress.latency.runtime import RUNTIMES, Runtime
-from fxcompress.latency.target import LatencyTarget, prune_to_latency
+from fxcompress.latency.target import latency_target_option, prune_to_latency
 from fxcompress.prune.plan import (PlanMacs, magnitude_scores, plan_from_scores, refine_to_target, search_ratio,
                                    select_groups)
 
@@ -70,20 +69,8 @@ class MagnitudePrune(TransformPass):
                                                   "or None to prune by ratio")
         if not is_int(min_channels) or min_channels < 1:
             raise bad("min_channels", min_channels, "give an integer >= 1 (no group is cut below it)")
-        if target_latency is not None and (not is_number(target_latency) or not 0 < target_latency < 1):
-            raise bad("target_latency", target_latency, "give the fraction of the unpruned model's measured latency "
-                                                        "to reach, in (0, 1), or None")
-        if target_latency is not None and target_macs is not None:
-            raise bad("target_latency", target_latency, "give either target_latency or target_macs, not both")
-        for option, value in (("runtime", runtime), ("relative_to", relative_to)):
-            if (value is not None or option == "runtime") and value not in RUNTIMES:
-                raise bad(option, value, f"choose one of {sorted(RUNTIMES)}")
-        for option, value in (("threads", threads), ("batch", batch)):
-            if not is_int(value) or value < 1:
-                raise bad(option, value, "give an integer >= 1")
-        self.latency = None if target_latency is None else LatencyTarget(
-            float(target_latency), Runtime(runtime, threads, batch),
-            None if relative_to is None else Runtime(relative_to, threads, batch))
+        self.latency = latency_target_option("MagnitudePrune", target_latency, runtime, threads, batch, relative_to,
+                                             target_macs)
         if isinstance(ignore, str):
             ignore = [ignore]
         self.ratio, self.norm, self.round_to = float(ratio), norm, round_to

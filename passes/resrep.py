@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import tempfile
 from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
@@ -16,6 +17,8 @@ from fxcompress.prune.plan import PlanMacs, select_groups
 from fxcompress.prune.resrep import (ChannelMasks, ResRepHook, find_sites, insert_compactors, merge_compactors,
                                      removal_plan, zero_masked_rows)
 from fxcompress.prune.resrep.masking import floor_plan
+from fxcompress.prune.resrep.latency_goal import LatencyGoal as _LatencyGoal
+from fxcompress.latency.target import latency_target_option
 from fxcompress.train.loop import TrainConfig, TrainHook, evaluate, fit
 
 from .channel_groups import ChannelGroups
@@ -49,21 +52,34 @@ class ResRep(TransformPass):
     (fxcompress.distill.DistillHook). The report has per-group widths before/after and, per epoch, the
     masked channels and MACs; `final_step_channels` > 0 says training ended before the target was met
     (the rest were masked at once: train longer). A full compactor has C x C weights: `max_full_channels`
-    gives producers wider than that a per-channel scale instead (memory for very wide layers)."""
+    gives producers wider than that a per-channel scale instead (memory for very wide layers).
+
+    With `target_latency` (instead of `target_macs`; the same options as MagnitudePrune's), masking moves
+    toward the plan that removes the least compactor norm per unit of latency saved on the runtime, remade
+    at every step (fxcompress/prune/resrep/latency_goal.py); the aim is corrected by one measured pruning
+    before training, and the final model is timed beside the unpruned one and reported beside the target:
+
+        ResRep(target_latency=0.4, runtime="onnxruntime-int8", batch=32, relative_to="onnxruntime-fp32",
+               round_to=8, epochs=30, lr=0.05)"""
 
     requires = (ChannelGroups, "train_loader")
 
-    def __init__(self, target_macs: float = 0.5, lasso_strength: float = 1e-4, epochs: int = 10, lr: float = 0.01,
+    def __init__(self, target_macs: Optional[float] = None, lasso_strength: float = 1e-4, epochs: int = 10, lr: float = 0.01,
                  warmup_epochs: float = 1.0, mask_interval: int = 200, step_channels: int = 4, min_channels: int = 1,
                  round_to: int = 1, compactor_momentum: float = 0.99, ignore: Iterable[str] = (),
                  hooks: Sequence[TrainHook] = (), loss_fn: Optional[Callable] = None, weight_decay: float = 5e-4,
                  momentum: float = 0.9, schedule: str = "cosine", seed: int = 0, checkpoint_dir: Optional[str] = None,
                  resume: bool = False, max_steps_per_epoch: Optional[int] = None,
-                 max_full_channels: Optional[int] = None, group_score: str = "sum"):
+                 max_full_channels: Optional[int] = None, group_score: str = "sum",
+                 target_latency: Optional[float] = None, runtime: str = "onnxruntime-fp32", threads: int = 2,
+                 batch: int = 1, relative_to: Optional[str] = None):
         n = "ResRep"
+        self.latency = latency_target_option(n, target_latency, runtime, threads, batch, relative_to, target_macs)
+        if target_macs is None and target_latency is None:
+            target_macs = 0.5
         _check(n, "group_score", group_score, group_score in ("sum", "mean"),
                'give "sum" (row norms summed over a group\'s producers) or "mean"')
-        _check(n, "target_macs", target_macs, _number(target_macs) and 0 < target_macs < 1,
+        _check(n, "target_macs", target_macs, target_macs is None or (_number(target_macs) and 0 < target_macs < 1),
                "give the fraction of the current MACs to keep, in (0, 1)")
         _check(n, "lasso_strength", lasso_strength, _number(lasso_strength) and lasso_strength >= 0,
                "give a number >= 0 (the paper uses 1e-4)")
@@ -81,7 +97,8 @@ class ResRep(TransformPass):
                "give None (full compactors everywhere) or the widest producer to get a full C x C compactor")
         if loss_fn is not None and not callable(loss_fn):
             raise PassError(f"ResRep option loss_fn={loss_fn!r} is invalid: give a function (outputs, targets) -> loss")
-        self.target_macs, self.lasso_strength = float(target_macs), float(lasso_strength)
+        self.target_macs = None if target_macs is None else float(target_macs)
+        self.lasso_strength = float(lasso_strength)
         self.warmup_epochs, self.mask_interval, self.step_channels = warmup_epochs, mask_interval, step_channels
         self.min_channels, self.round_to, self.compactor_momentum = min_channels, round_to, compactor_momentum
         self.group_score = group_score
@@ -101,23 +118,34 @@ class ResRep(TransformPass):
             raise PassError(f"ResRep finds no channel group it can prune ({len(groups)} prunable after ignore="
                             f"{list(self.ignore)}{'; ' + why if why else ''}): nothing to train compactors for")
         total = ctx.flops().macs
-        target = int(self.target_macs * total)
         macs_of = PlanMacs(ctx.gm, result)
-        floor = macs_of(floor_plan(result, placement.eligible, self.min_channels, self.round_to))
-        if floor > target:
-            raise UnreachableTarget(
-                floor / total, f"ResRep target_macs={self.target_macs} cannot be reached: with every prunable group "
-                f"at its floor (min_channels={self.min_channels}, round_to={self.round_to}) the model keeps "
-                f"{floor / total:.1%} of its MACs; choose target_macs >= {np.ceil(1000 * floor / total) / 1000} or "
-                f"lower min_channels/round_to")
+        with tempfile.TemporaryDirectory(prefix="fxcompress_resrep_") as tmp:
+            return self._run(ctx, result, placement, total, macs_of, tmp)
+
+    def _run(self, ctx, result, placement, total, macs_of, tmp) -> dict:
+        metrics, target, latency = {}, None, None
+        if self.latency is None:
+            target = int(self.target_macs * total)
+            floor = macs_of(floor_plan(result, placement.eligible, self.min_channels, self.round_to))
+            if floor > target:
+                raise UnreachableTarget(
+                    floor / total, f"ResRep target_macs={self.target_macs} cannot be reached: with every prunable "
+                    f"group at its floor (min_channels={self.min_channels}, round_to={self.round_to}) the model keeps "
+                    f"{floor / total:.1%} of its MACs; choose target_macs >= {np.ceil(1000 * floor / total) / 1000} "
+                    f"or lower min_channels/round_to")
+        else:
+            latency = _LatencyGoal(ctx, result, placement, self, tmp)
+            metrics["latency_calibration"] = latency.calibration
         compacted = insert_compactors(ctx.gm, placement.sites)
         insertion = compare_exact(lambda x: run_eval(ctx.gm, x), lambda x: run_eval(compacted, x), (ctx.gm, compacted),
                                   ctx.example_inputs, "ResRep compactor insertion (identity)")
         compactors = {s.compactor: compacted.get_submodule(s.compactor) for s in placement.sites}
         masks = ChannelMasks(result, placement, compactors, self.min_channels, self.round_to, self.group_score)
-        metrics = {"top1_before": evaluate(ctx.gm, ctx.val_loader, ctx.device)["top1"]} if ctx.val_loader else {}
+        if ctx.val_loader:
+            metrics["top1_before"] = evaluate(ctx.gm, ctx.val_loader, ctx.device)["top1"]
         hook = ResRepHook(masks, macs_of, target, self.lasso_strength, self.compactor_momentum, self.warmup_epochs,
-                          self.mask_interval, self.step_channels)
+                          self.mask_interval, self.step_channels,
+                          masker=None if latency is None else latency.masker(masks))
         config = self.config if ctx.progress else dataclasses.replace(self.config, progress=False)
         history = fit(compacted, ctx.train_loader, config, loss_fn=self.loss_fn, hooks=[hook, *self.hooks],
                       device=ctx.device, desc=self.name)
@@ -125,7 +153,7 @@ class ResRep(TransformPass):
         _share_tensors(ctx.gm, compacted)
         final = hook.mask_step(None)   # training ended before the target: mask the rest at once
         predicted = macs_of(masks.plan())   # (on the original graph: before the merge edits it)
-        if predicted > target:
+        if target is not None and predicted > target:
             raise VerificationError(f"ResRep masks leave {predicted} MACs, above the target {target} that the floor "
                                     f"check said was reachable")
         if ctx.val_loader:
@@ -146,6 +174,8 @@ class ResRep(TransformPass):
         if ctx.val_loader:
             metrics["top1_after"] = evaluate(ctx.gm, ctx.val_loader, ctx.device)["top1"]
         widths = masks.widths()
+        if latency is not None:   # the pruned model timed beside the unpruned one, reported beside the target
+            metrics.update(latency.result(masks, ctx.gm, ctx.example_inputs))
         metrics.update({
             "target_macs": target, "macs": macs, "compactors": len(placement.sites),
             "compactor_kinds": _kinds(placement),
@@ -160,7 +190,7 @@ class ResRep(TransformPass):
             "removal_max_rel_error": removal.get("max_rel_error"),
         })
         warnings = []
-        if final["masked"]:
+        if final["masked"] and latency is None:
             warnings.append(f"training ended before the MACs target: the last {final['masked']} channels were "
                             f"masked at once after training (train longer or mask more often)")
         if zeroing["max_rel_error"] > ZEROING_WARNING:

@@ -21,7 +21,8 @@ from .analyse import traced_groups
 from .model import LatencyModel
 from .runtime import RUNTIMES, Runtime, RuntimeSpecError, export_for, measure
 from .search import LatencyUnreachable, latency_plan
-from .target import LatencyTarget, prune_to_latency
+from .target import LatencyTarget, export_unpruned, measured_fraction, prune_to_latency, search_latency_target
 
 __all__ = ["LatencyModel", "LatencyTarget", "LatencyUnreachable", "RUNTIMES", "Runtime", "RuntimeSpecError",
-           "export_for", "latency_plan", "measure", "prune_to_latency", "traced_groups"]
+           "export_for", "export_unpruned", "latency_plan", "measure", "measured_fraction", "prune_to_latency",
+           "search_latency_target", "traced_groups"]

@@ -45,12 +45,51 @@ class LatencyTarget:
     measure_budget_s: float = 4.0   # and more while they fit this many seconds
 
 
+def latency_target_option(owner: str, target_latency, runtime, threads, batch, relative_to,
+                          target_macs=None) -> Optional[LatencyTarget]:
+    """The LatencyTarget of a pruning pass's options (None without target_latency), each option checked
+    with a PassError naming it (MagnitudePrune and ResRep take the same five)."""
+    from ..core.errors import PassError
+    from .runtime import RUNTIMES
+
+    def bad(option, value, want):
+        return PassError(f"{owner} option {option}={value!r} is invalid: {want}")
+    is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)   # noqa: E731
+    if target_latency is not None and (isinstance(target_latency, bool) or not isinstance(target_latency, (int, float))
+                                       or not 0 < target_latency < 1):
+        raise bad("target_latency", target_latency, "give the fraction of the unpruned model's measured latency "
+                                                    "to reach, in (0, 1), or None")
+    if target_latency is not None and target_macs is not None:
+        raise bad("target_latency", target_latency, "give either target_latency or target_macs, not both")
+    for option, value in (("runtime", runtime), ("relative_to", relative_to)):
+        if (value is not None or option == "runtime") and value not in RUNTIMES:
+            raise bad(option, value, f"choose one of {sorted(RUNTIMES)}")
+    for option, value in (("threads", threads), ("batch", batch)):
+        if not is_int(value) or value < 1:
+            raise bad(option, value, "give an integer >= 1")
+    return None if target_latency is None else LatencyTarget(
+        float(target_latency), Runtime(runtime, threads, batch),
+        None if relative_to is None else Runtime(relative_to, threads, batch))
+
+
 def prune_to_latency(gm: fx.GraphModule, result: ChannelGroupsResult, groups: Sequence[ChannelGroup],
                      scores: Dict[int, np.ndarray], example_inputs: Sequence[torch.Tensor], target: LatencyTarget,
                      round_to: int = 1, min_channels: int = 1, progress: bool = True,
                      owner: str = "MagnitudePrune") -> tuple:
     """(the pruned GraphModule, metrics: target, predicted and measured latency, the rounds, the latency
     model's breakdown). The pruned model is checked exact by fxcompress.prune.apply.prune."""
+    new, metrics, _ = search_latency_target(gm, result, groups, scores, example_inputs, target, round_to,
+                                            min_channels, progress, owner)
+    return new, metrics
+
+
+def search_latency_target(gm: fx.GraphModule, result: ChannelGroupsResult, groups: Sequence[ChannelGroup],
+                          scores: Dict[int, np.ndarray], example_inputs: Sequence[torch.Tensor],
+                          target: LatencyTarget, round_to: int = 1, min_channels: int = 1, progress: bool = True,
+                          owner: str = "MagnitudePrune") -> tuple:
+    """prune_to_latency's search, also returning the latency model: (pruned GraphModule, metrics, LatencyModel).
+    metrics["aim"] is the predicted fraction (of the unpruned latency on the runtime) the kept plan aimed at:
+    what a pruner that decides its channels later (ResRep, while training) plans for."""
     rt = target.runtime
     with tempfile.TemporaryDirectory(prefix="fxcompress_latency_target_") as tmp:
         paths = {"unpruned": os.path.join(tmp, "unpruned.onnx")}
@@ -98,11 +137,35 @@ def prune_to_latency(gm: fx.GraphModule, result: ChannelGroupsResult, groups: Se
     new, prune_metrics, chosen, goal = (max(within, key=lambda c: c[2]["measured"]) if within
                                         else min(candidates, key=lambda c: c[2]["measured"] / c[3]))
     ms = chosen["measured_ms"]
-    metrics = {**prune_metrics, "target_latency": target.fraction, "runtime": rt.name, "threads": rt.threads,
+    metrics = {**prune_metrics, "aim": chosen["aimed"], "target_latency": target.fraction, "runtime": rt.name,
+               "threads": rt.threads,
                "batch": rt.batch, "relative_to": (target.relative_to or rt).name,
                "predicted_latency": chosen["predicted"] * target.fraction / goal,
                "measured_latency": chosen["measured"] * target.fraction / goal,
                "measured_latency_wall": ms["pruned"]["wall_ms"] / ms[base]["wall_ms"],
                "measured_ms": ms, "latency_rounds": rounds, "latency_model": lm.breakdown()}
     metrics["met_target"] = metrics["measured_latency"] <= target.fraction * (1 + target.tolerance)
-    return new, metrics
+    return new, metrics, lm
+
+
+def export_unpruned(gm: torch.nn.Module, example_inputs: Sequence[torch.Tensor], target: LatencyTarget,
+                    directory: str) -> Dict[str, str]:
+    """The unpruned model written for the target's runtime (and for `relative_to`), to time a pruned model
+    against later, after training has changed the graph (ResRep)."""
+    paths = {"unpruned": export_for(gm, example_inputs, target.runtime, os.path.join(directory, "unpruned.onnx"))}
+    if target.relative_to is not None and target.relative_to != target.runtime:
+        paths["reference"] = export_for(gm, example_inputs, target.relative_to, os.path.join(directory, "reference.onnx"))
+    return paths
+
+
+def measured_fraction(unpruned: Dict[str, str], pruned: torch.nn.Module, example_inputs: Sequence[torch.Tensor],
+                      target: LatencyTarget, directory: str) -> dict:
+    """The pruned model timed side by side with export_unpruned's files: its latency as a fraction of the
+    unpruned model's on `relative_to` (or the runtime), the measured ms, and whether it met the target."""
+    path = export_for(pruned, example_inputs, target.runtime, os.path.join(directory, "pruned.onnx"))
+    ms = measure({**unpruned, "pruned": path}, target.runtime, example_inputs, target.measure_runs,
+                 budget_s=target.measure_budget_s)
+    base = "reference" if "reference" in unpruned else "unpruned"
+    fraction = ms["pruned"].ms / ms[base].ms
+    return {"measured_latency": fraction, "measured_ms": {k: m.to_dict() for k, m in ms.items()},
+            "met_target": fraction <= target.fraction * (1 + target.tolerance)}

@@ -161,7 +161,9 @@ def prune(gm: fx.GraphModule, result: ChannelGroupsResult, plan: Mapping, exampl
                                       zero_removed(gm, result, norm, float64_check()), need_outputs=verify)
     new = apply_plan(gm, result, norm)
     metrics = {"groups_pruned": len(norm),
-               "units_removed": int(sum(result.groups[g].size - len(k) for g, k in norm.items()))}
+               "units_removed": int(sum(result.groups[g].size - len(k) for g, k in norm.items())),
+               # kept widths by group id: enough to rebuild the plan (magnitude order) and to report it
+               "group_widths": {int(g): len(k) for g, k in sorted(norm.items())}}
     if constants:   # removed channels a constant reaches: moved into the consumers' biases
         metrics["biases_compensated"] = add_to_biases(new, gm, constants, keep_masks(result, norm))
     if verify:

@@ -26,7 +26,7 @@ from .. import ops  # noqa: F401  (registers every op family's rules)
 from ..ops.registry import QUANT, QuantRule
 from .fake_quant import ActivationQuantizer, WeightQuantizer
 from .observers import CalibrationConfig
-from .passthrough import hoist_quantizers, share_quantizers   # also registers the split family's rules
+from .passthrough import hoist_quantizers, share_quantizers
 from .passthrough import is_float_tensor as _is_float_tensor
 
 

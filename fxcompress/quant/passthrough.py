@@ -19,26 +19,18 @@ The quantizer moves up only where every reader of the tensor reads it quantized 
 ops that end in quantized tensors, or metadata reads such as x.shape): a float reader (a head's output, a
 LayerNorm) would otherwise read rounded values it did not read before.
 
-The split family's pass-through rules (chunk, split, unbind, getitem of a piece or a slice) are registered
-here, beside the placement that gives them their meaning; the other pass-through ops (reshape, flatten,
-max-pool, dropout) are registered by their op family in `fxcompress.ops`. Transpose and permute have no
+Pass-through rules are registered by their op family in `fxcompress.ops` (the split family's, chunk, split,
+unbind and getitem, in ops/indexing.py). Transpose and permute have no
 pass-through rule (ops/reshape.py gives them none), so no quantizer moves up past them.
 """
 from __future__ import annotations
 
-import operator
 from typing import Dict, Optional
 
 import onnx
-import torch
 import torch.fx as fx
 
-from ..ops.elementwise import PASSTHROUGH
-from ..ops.registry import COUPLING, PASSIVE, QUANT
-
-# ONNX Split (Squeeze after it for unbind), Slice / Gather for getitem: the values are not changed
-QUANT.register("chunk", "split", "split_with_sizes", "unbind", torch.chunk, torch.split, torch.unbind,
-               operator.getitem, rule=PASSTHROUGH)
+from ..ops.registry import COUPLING, PASSIVE
 
 
 def is_float_tensor(node) -> bool:

@@ -45,10 +45,20 @@ def _training(epochs: int, lr: float, seed: bool = True) -> Dict[str, Option]:
 _HOOK_DISTILL = {"distill": Option("choices", None, choices=("kd", "irg"), nullable=True),
                  "distill_temperature": Option("number", 4.0, low=0, low_open=True)}
 
+# prune to a fraction of the latency measured on a runtime (fxcompress/latency/) instead of MACs
+_LATENCY_TARGET = {
+    "target_latency": Option("number", None, low=0, high=1, low_open=True, high_open=True, nullable=True),
+    "runtime": Option("choice", "onnxruntime-fp32", choices=LATENCY_RUNTIMES),
+    "threads": Option("int", 2, low=1),
+    "batch": Option("int", 1, low=1),
+    "relative_to": Option("choice", None, choices=LATENCY_RUNTIMES, nullable=True),
+}
+
 PASSES: Dict[str, Dict[str, Option]] = {
     "CountFlops": {"top": Option("int", 5, low=1)},
     "ResRep": {
-        "target_macs": Option("number", 0.5, low=0, high=1, low_open=True, high_open=True),
+        # None: 0.5 unless target_latency is given
+        "target_macs": Option("number", None, low=0, high=1, low_open=True, high_open=True, nullable=True),
         "lasso_strength": Option("number", 1e-4, low=0),
         **_training(10, 0.01),
         "warmup_epochs": Option("number", 1.0, low=0),
@@ -61,6 +71,7 @@ PASSES: Dict[str, Dict[str, Option]] = {
         "ignore": Option("strings", []),
         "max_full_channels": Option("int", None, low=1, nullable=True),
         "group_score": Option("choice", "sum", choices=("sum", "mean")),
+        **_LATENCY_TARGET,
         **_HOOK_DISTILL,
     },
     "MagnitudePrune": {
@@ -72,12 +83,7 @@ PASSES: Dict[str, Dict[str, Option]] = {
         "target_macs": Option("number", None, low=0, high=1, low_open=True, high_open=True, nullable=True),
         "refine": Option("bool", True),
         "min_channels": Option("int", 1, low=1),
-        # prune to a fraction of the latency measured on a runtime (fxcompress/latency/) instead of MACs
-        "target_latency": Option("number", None, low=0, high=1, low_open=True, high_open=True, nullable=True),
-        "runtime": Option("choice", "onnxruntime-fp32", choices=LATENCY_RUNTIMES),
-        "threads": Option("int", 2, low=1),
-        "batch": Option("int", 1, low=1),
-        "relative_to": Option("choice", None, choices=LATENCY_RUNTIMES, nullable=True),
+        **_LATENCY_TARGET,
     },
     "FineTune": {**_training(1, 0.01), **_HOOK_DISTILL},
     "Distill": {

@@ -3,6 +3,7 @@ target, the unreachable target."""
 import dataclasses
 
 import pytest
+import torch
 
 import fxcompress
 from fxcompress.core.errors import FxCompressError, PassError
@@ -81,3 +82,35 @@ def test_unreachable_target_is_named_in_the_user_s_terms():
                            progress=False)
     assert 0.01 < e.value.reachable < 1
     assert isinstance(e.value, PassError)
+
+
+def test_resrep_to_a_latency_target():
+    """ResRep plans its masks by latency per importance: the aim is corrected by a measurement before
+    training, and the merged, pruned model is timed beside the unpruned one and reported beside the target."""
+    from fxcompress.passes import ResRep
+    torch.manual_seed(0)
+    loader = [(torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))) for _ in range(6)]
+    rr = ResRep(target_latency=0.6, runtime="onnxruntime-fp32", batch=BATCH, round_to=8, epochs=2, lr=0.01,
+                lasso_strength=1e-2, warmup_epochs=0.5, mask_interval=1, step_channels=8)
+    assert rr.latency == LatencyTarget(0.6, Runtime("onnxruntime-fp32", 2, BATCH)) and rr.target_macs is None
+    rr.latency = dataclasses.replace(rr.latency, points=3, measure_budget_s=1.0)
+    result = fxcompress.compile(tiny_model(), [rr], X, progress=False, train_loader=loader)
+    record = result.report.records[0]
+    m = record.metrics
+    assert record.macs_after < record.macs_before and m["masked_channels"] > 0
+    assert m["target_latency"] == 0.6 and m["runtime"] == "onnxruntime-fp32" and m["relative_to"] == "onnxruntime-fp32"
+    assert 0 < m["latency_calibration"]["aim"] < 1.5 and 0 < m["predicted_latency"] < 1
+    assert 0 < m["measured_latency"] < 1 and m["met_target"] == (m["measured_latency"] <= 0.6 * 1.05)
+    assert m["measured_latency"] == pytest.approx(m["measured_ms"]["pruned"]["ms"] / m["measured_ms"]["unpruned"]["ms"])
+    assert all(w["after"] % 8 == 0 for w in m["widths"])   # round_to holds for the latency plan too
+    assert m["merge_max_rel_error"] < 1e-5 and m["removal_max_rel_error"] < 1e-5
+    assert result.model(X).shape == (1, 10)
+
+
+def test_resrep_latency_options_are_checked():
+    from fxcompress.passes import ResRep
+    with pytest.raises(PassError, match=r"ResRep option target_latency=0.5 is invalid: give either"):
+        ResRep(target_latency=0.5, target_macs=0.5)
+    with pytest.raises(PassError, match=r"ResRep option runtime='tflite' is invalid"):
+        ResRep(target_latency=0.5, runtime="tflite")
+    assert ResRep().target_macs == 0.5 and ResRep().latency is None

@@ -13,7 +13,7 @@ summed row norms first) until the MACs reach the target.
 """
 from __future__ import annotations
 
-from typing import Callable, List
+from typing import Callable, List, Optional
 
 import torch
 import torch.nn as nn
@@ -25,8 +25,10 @@ from .masking import ChannelMasks
 class ResRepHook(TrainHook):
     def __init__(self, masks: ChannelMasks, macs_of: Callable[[dict], int], target_macs: int,
                  lasso_strength: float = 1e-4, compactor_momentum: float = 0.99, warmup_epochs: float = 0.0,
-                 mask_interval: int = 200, step_channels: int = 4):
-        self.masks, self.macs_of, self.target = masks, macs_of, target_macs
+                 mask_interval: int = 200, step_channels: int = 4,
+                 masker: Optional[Callable[[Optional[int]], dict]] = None):
+        # masker(limit): a masking step other than "lowest norms until target_macs" (a latency target's)
+        self.masks, self.macs_of, self.target, self.masker = masks, macs_of, target_macs, masker
         self.lasso_strength, self.compactor_momentum = lasso_strength, compactor_momentum
         self.warmup_epochs, self.mask_interval, self.step_channels = warmup_epochs, mask_interval, step_channels
         self.step, self.warmup_steps = 0, 0
@@ -59,7 +61,7 @@ class ResRepHook(TrainHook):
             self.mask_step(self.step_channels)
 
     def mask_step(self, limit) -> dict:
-        done = self.masks.mask_more(self.macs_of, self.target, limit)
+        done = self.masker(limit) if self.masker else self.masks.mask_more(self.macs_of, self.target, limit)
         if done["masked"]:
             self._refresh_rows()
         return done

@@ -7,6 +7,7 @@ so folding it changes nothing), never a stale estimate.
 
     masks = ChannelMasks(result, placement, compactors, min_channels=1, round_to=1)
     masks.mask_more(macs_of, target, limit=4)     # mask up to 4 more channels, lowest norms first
+    masks.mask_toward(goal_plan, limit=4)         # or: toward a plan (a latency target's), lowest norms first
     masks.plan()                                  # {group id: kept units}, what removal applies
 """
 from __future__ import annotations
@@ -152,6 +153,34 @@ class ChannelMasks:
         for gid, units in sequence[:hi]:
             self.masked[gid][units] = True
         return {"masked": int(sum(len(u) for _, u in sequence[:hi])), "macs": hi_macs}
+
+    def scores_masked_first(self) -> Dict[int, np.ndarray]:
+        """scores() with masked units at 0: a plan made from them removes the masked units first (free)."""
+        out = self.scores()
+        for gid in self.groups:
+            out[gid] = np.where(self.masked[gid], 0.0, out[gid])
+        return out
+
+    def mask_toward(self, goal: Dict[int, np.ndarray], limit: Optional[int] = None) -> dict:
+        """Mask up to `limit` more of the units that the plan `goal` ({group id: kept units}) removes, lowest
+        scores first (each over its group's mean, as global ranking compares groups); None: all of them.
+        A latency target's goal comes from fxcompress.latency.latency_plan, remade at every step from the
+        current scores. Returns {"masked": newly masked}."""
+        scores = self.scores()
+        candidates = []
+        for gid in self.groups:
+            keep = np.ones(len(self.masked[gid]), dtype=bool)
+            if gid in goal:
+                keep[:] = False
+                keep[np.asarray(goal[gid], dtype=np.int64)] = True
+            units = np.nonzero(~keep & ~self.masked[gid])[0]
+            mean = max(float(scores[gid].mean()), 1e-12)
+            candidates += [(float(scores[gid][u]) / mean, gid, int(u)) for u in units]
+        candidates.sort()
+        chosen = candidates if limit is None else candidates[:limit]
+        for _, gid, u in chosen:
+            self.masked[gid][u] = True
+        return {"masked": len(chosen)}
 
     # ---- checkpoints (weights_only-loadable: tensors, ints, strings)
     def state_dict(self) -> dict:

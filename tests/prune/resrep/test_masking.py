@@ -126,3 +126,21 @@ def test_the_floor_plan_is_what_masking_reaches_at_a_zero_target():
     gm, result, placement, compactors, masks, macs_of = setup(min_channels=6, round_to=4)
     masks.mask_more(macs_of, target=0, limit=None)
     assert macs_of(masks.plan()) == macs_of(floor_plan(result, masks.groups, 6, 4))
+
+
+def test_mask_toward_a_plan_masks_what_it_removes_lowest_scores_first():
+    gm, result, placement, compactors, masks, _ = setup()
+    gid = residual_group(result, masks)
+    other = next(g for g in masks.groups if g != gid)
+    size = len(masks.masked[gid])
+    with torch.no_grad():   # residual unit u scores higher with u: the lowest units go first
+        for name, pos, units in masks.rows[gid]:
+            compactors[name].weight[torch.from_numpy(pos)] *= torch.from_numpy(1.0 + units).view(-1, *[1] * (compactors[name].weight.dim() - 1)).float()
+    goal = {gid: np.arange(4, size)}   # removes units 0-3 of the residual group, nothing of the others
+    assert masks.mask_toward(goal, limit=2) == {"masked": 2}
+    assert np.nonzero(masks.masked[gid])[0].tolist() == [0, 1] and not masks.masked[other].any()
+    assert masks.mask_toward(goal, limit=None) == {"masked": 2}
+    assert np.nonzero(masks.masked[gid])[0].tolist() == [0, 1, 2, 3]
+    assert masks.mask_toward(goal, limit=None) == {"masked": 0}   # nothing left to move toward
+    first = masks.scores_masked_first()
+    assert (first[gid][:4] == 0).all() and (first[gid][4:] > 0).all()
