@@ -3,9 +3,13 @@
 resnet50 with random weights (BatchNorm statistics re-estimated on random data) is exported in FP32,
 then compiled with MagnitudePrune(target_macs=0.5, round_to=8) + FoldBatchNorm + QuantizeINT8(kl) +
 ExportONNX (the INT8 file is verified against the fake-quant model and checked for integer kernels).
-Latency: onnxruntime, 2 threads, batch 1 and 8, medians of interleaved runs.
+With --target-latency F, a second pruned model beside it: MagnitudePrune(target_latency=F,
+runtime="onnxruntime-int8", batch=8, relative_to="onnxruntime-fp32", round_to=8), INT8 at F of the FP32
+model's latency at batch 8 (channels ranked by importance per predicted latency saved), then the same INT8
+passes. Latency: onnxruntime, 2 threads, batch 1 and 8, medians of interleaved runs, all models side by side.
 
     python benchmarks/prune_int8_speed.py [--runs 20] [--calib-images 64]
+    python benchmarks/prune_int8_speed.py --target-latency 0.14 --out benchmarks/results/prune_int8_latency.json
 """
 from __future__ import annotations
 
@@ -34,6 +38,8 @@ def main():
     ap.add_argument("--model", default="resnet50")
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--calib-images", type=int, default=64)
+    ap.add_argument("--target-latency", type=float, default=None,
+                    help="also prune to this fraction of the FP32 latency, met in INT8 at batch 8")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "prune_int8_speed.json"))
     args = ap.parse_args()
 
@@ -44,26 +50,34 @@ def main():
     gen = torch.Generator().manual_seed(1)
     calib = [torch.randn(8, 3, 224, 224, generator=gen) for _ in range(args.calib_images // 8)]
     work = tempfile.mkdtemp(prefix="prune_int8_")
-    paths = {"fp32": os.path.join(work, "fp32.onnx"), "pruned_fp32": os.path.join(work, "pruned_fp32.onnx"),
-             "pruned_int8": os.path.join(work, "pruned_int8.onnx")}
+    paths = {"fp32": os.path.join(work, "fp32.onnx")}
     fp32 = fxcompress.compile(model, [CountFlops(), ExportONNX(paths["fp32"])], example)
-    pruned = fxcompress.compile(model, [MagnitudePrune(target_macs=0.5, round_to=8), ExportONNX(paths["pruned_fp32"])],
-                                example)
-    # random weights: quantization noise flips more top-1 decisions than on a trained model
-    result = fxcompress.compile(pruned.model, [FoldBatchNorm(), QuantizeINT8(method="kl"),
-                                               ExportONNX(paths["pruned_int8"])], example, calib_loader=calib)
-    print(result.report)
-    rows = {"macs_fp32": fp32.report.records[0].macs_after, "macs_pruned": pruned.report.records[0].macs_after,
-            "export_int8": result.report.records[-1].metrics,
-            "bytes": {k: os.path.getsize(p) for k, p in paths.items()}}
+    prunes = {"pruned": MagnitudePrune(target_macs=0.5, round_to=8)}
+    if args.target_latency is not None:
+        prunes["latency"] = MagnitudePrune(target_latency=args.target_latency, runtime="onnxruntime-int8", batch=8,
+                                           relative_to="onnxruntime-fp32", round_to=8)
+    rows = {"macs_fp32": fp32.report.records[0].macs_after}
+    macs = {"fp32": rows["macs_fp32"]}
+    for name, prune in prunes.items():
+        paths[f"{name}_fp32"] = os.path.join(work, f"{name}_fp32.onnx")
+        paths[f"{name}_int8"] = os.path.join(work, f"{name}_int8.onnx")
+        pruned = fxcompress.compile(model, [prune, ExportONNX(paths[f"{name}_fp32"])], example)
+        # random weights: quantization noise flips more top-1 decisions than on a trained model
+        result = fxcompress.compile(pruned.model, [FoldBatchNorm(), QuantizeINT8(method="kl"),
+                                                   ExportONNX(paths[f"{name}_int8"])], example, calib_loader=calib)
+        print(result.report)
+        rows[f"macs_{name}"] = macs[f"{name}_fp32"] = macs[f"{name}_int8"] = pruned.report.records[0].macs_after
+        rows[f"export_int8_{name}"] = result.report.records[-1].metrics
+        rows[f"prune_{name}"] = {k: v for k, v in pruned.report.records[0].metrics.items()
+                                 if k not in ("latency_model", "measured_ms", "latency_rounds")}
+    rows["bytes"] = {k: os.path.getsize(p) for k, p in paths.items()}
     for batch in (1, 8):
         lat = interleaved_latency(paths, torch.randn(batch, 3, 224, 224), runs=args.runs, warmup=3)
         rows[f"latency_ms_b{batch}"] = lat
-    print(f"\n## {args.model}: pruning to half the MACs + INT8 (onnxruntime, 2 threads, medians of {args.runs} "
-          f"interleaved runs)\n")
+    print(f"\n## {args.model}: pruning (half the MACs; latency target {args.target_latency}) + INT8 (onnxruntime, "
+          f"2 threads, medians of {args.runs} interleaved runs)\n")
     print("| variant | MACs | file | latency b1 (ms) | latency b8 (ms) | speed-up b1 | speed-up b8 |")
     print("|---|---|---|---|---|---|---|")
-    macs = {"fp32": rows["macs_fp32"], "pruned_fp32": rows["macs_pruned"], "pruned_int8": rows["macs_pruned"]}
     for k in paths:
         b1, b8 = rows["latency_ms_b1"][k], rows["latency_ms_b8"][k]
         print(f"| {k} | {macs[k] / 1e9:.2f}G | {rows['bytes'][k] / 2**20:.1f} MiB | {b1:.1f} | {b8:.1f} | "
