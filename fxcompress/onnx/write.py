@@ -13,6 +13,7 @@ import torch
 
 from ..core.errors import ExportError
 from ..core.files import atomic_output
+from .exportable import exportable
 
 DEFAULT_OPSET = 17
 
@@ -20,14 +21,20 @@ DEFAULT_OPSET = 17
 def to_onnx_proto(module: torch.nn.Module, example_inputs: Sequence[torch.Tensor], opset: Optional[int] = None,
                   dynamic_batch: bool = True, input_names: Optional[List[str]] = None) -> onnx.ModelProto:
     """Export with torch's TorchScript-based exporter: a single self-contained file, several times faster
-    to export than the dynamo exporter with the same onnxruntime latency."""
+    to export than the dynamo exporter with the same onnxruntime latency. `opset` None: DEFAULT_OPSET, or
+    the first opset holding every op of the graph where that is higher."""
     module = module.eval()
+    name = type(module).__name__
+    # ops the exporter cannot take as traced (Unfold, adaptive pools, col2im with sizes it cannot read) are
+    # rewritten on a copy of the graph, and col2im needs opset 18
+    module, needed = exportable(module, example_inputs)
+    opset = opset or max(DEFAULT_OPSET, needed or 0)
     input_names = input_names or [f"input{i}" if len(example_inputs) > 1 else "input" for i in range(len(example_inputs))]
     with torch.no_grad():
         n_out = len(_flat(module(*example_inputs)))
     output_names = ["output"] if n_out == 1 else [f"output{i}" for i in range(n_out)]
     axes = {n: {0: "batch"} for n in input_names + output_names} if dynamic_batch else None
-    kwargs = dict(opset_version=opset or DEFAULT_OPSET, input_names=input_names, output_names=output_names,
+    kwargs = dict(opset_version=opset, input_names=input_names, output_names=output_names,
                   dynamic_axes=axes, do_constant_folding=True, dynamo=False)
     large = _tensor_bytes(module) > _PROTOBUF_LIMIT
     with warnings.catch_warnings(), tempfile.TemporaryDirectory() as tmp:
@@ -43,7 +50,7 @@ def to_onnx_proto(module: torch.nn.Module, example_inputs: Sequence[torch.Tensor
             torch.onnx.export(module, tuple(example_inputs), path, **kwargs)
             return onnx.load(path)
         except Exception as e:
-            raise ExportError(f"torch.onnx.export failed for {type(module).__name__}: {type(e).__name__}: "
+            raise ExportError(f"torch.onnx.export failed for {name}: {type(e).__name__}: "
                               f"{str(e).splitlines()[0] if str(e) else ''}") from e
 
 

@@ -5,6 +5,7 @@ Supporting a new op is adding its rules to its family's module (or a new module 
 """
 from . import (attention, conv, elementwise, embedding, indexing, linear, matmul, norm,  # noqa: F401
                padding, pooling, reduction, reshape, scale)
-from .registry import BN_FOLD, COUPLING, MACS, QUANT, RESIZE, OpRegistry, QuantRule, optional
+from .registry import BN_FOLD, COUPLING, EXPORT, MACS, QUANT, RESIZE, ExportRule, OpRegistry, QuantRule, optional
 
-__all__ = ["OpRegistry", "QuantRule", "optional", "MACS", "COUPLING", "RESIZE", "QUANT", "BN_FOLD"]
+__all__ = ["OpRegistry", "QuantRule", "ExportRule", "optional", "MACS", "COUPLING", "RESIZE", "QUANT", "BN_FOLD",
+           "EXPORT"]

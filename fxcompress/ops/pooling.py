@@ -3,7 +3,10 @@ F.interpolate: the FPN of a detector).
 
 Channels: batch and channel dims pass through; spatial dims are the op's business. INT8: average pools
 run as QLinearAveragePool / QLinearGlobalAveragePool (input and output requantized); max-pools only
-select values, so they reuse their input's quantization and run on uint8.
+select values, so they reuse their input's quantization and run on uint8. ONNX export: torch's exporter
+writes an adaptive pool with an output over 1 only when it can read the input's size, which it loses
+behind a Pad or a reshape with computed sizes; the recorded sizes make it a plain pool where they divide,
+and an average over uneven windows a product with a constant averaging matrix per spatial dim.
 """
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .registry import COUPLING, QUANT, QuantRule
+from .registry import COUPLING, EXPORT, QUANT, ExportRule, QuantRule, graph_constant, static_shape
 
 POOLS = {  # spatial dims -> (module types, functions)
     1: ((nn.MaxPool1d, nn.AvgPool1d, nn.AdaptiveAvgPool1d, nn.AdaptiveMaxPool1d),
@@ -48,3 +51,54 @@ AVERAGE_POOL = QuantRule("requantize")
 QUANT.register(nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AvgPool1d, nn.AvgPool2d, F.adaptive_avg_pool2d,
                F.avg_pool2d, rule=AVERAGE_POOL)
 QUANT.register(nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, F.max_pool2d, rule=QuantRule("passthrough"))
+
+
+def _averaging_matrix(n_in: int, n_out: int) -> torch.Tensor:
+    """(n_in, n_out): column i averages adaptive pooling's window i, [floor(i n_in / n_out), ceil((i+1) n_in / n_out))."""
+    m = torch.zeros(n_in, n_out)
+    for i in range(n_out):
+        lo, hi = (i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)
+        m[lo:hi, i] = 1.0 / (hi - lo)
+    return m
+
+
+def adaptive_export(kind: str, spatial: int):
+    def rewrite(gm, node, module):
+        x = node.args[0]
+        shape = static_shape(x)
+        if module is not None:
+            size, indices = module.output_size, getattr(module, "return_indices", False)
+        else:
+            size = node.args[1] if len(node.args) > 1 else node.kwargs.get("output_size")
+            indices = (node.args[2] if len(node.args) > 2 else node.kwargs.get("return_indices", False))
+        if shape is None or indices or len(shape) < spatial + 1:
+            return None
+        size = (size,) * spatial if isinstance(size, int) else tuple(size)
+        ins = shape[-spatial:]
+        outs = tuple(i if o is None else o for i, o in zip(ins, size))
+        if not all(isinstance(o, int) for o in outs) or all(o == 1 for o in outs):
+            return None   # a global pool: the exporter writes GlobalAveragePool / GlobalMaxPool itself
+        g = gm.graph
+        if all(i % o == 0 for i, o in zip(ins, outs)):
+            kernel = tuple(i // o for i, o in zip(ins, outs))
+            pool = getattr(F, f"{kind}_pool{spatial}d")
+            return g.call_function(pool, (x, kernel, kernel))
+        if kind != "avg" or spatial > 2:
+            return None
+        # uneven windows: an average is linear, so per spatial dim (last first) x @ M, M (in, out)
+        y = x
+        for d in range(spatial):
+            axis = len(shape) - 1 - d
+            m = graph_constant(gm, _averaging_matrix(ins[-1 - d], outs[-1 - d]), "adaptive_avg")
+            if d:
+                y = g.call_function(torch.transpose, (y, axis, -1))
+            y = g.call_function(torch.matmul, (y, m))
+            if d:
+                y = g.call_function(torch.transpose, (y, axis, -1))
+        return y
+    return rewrite
+
+
+for _spatial, (_modules, _functions) in POOLS.items():
+    for _kind, _module, _function in (("avg", _modules[2], _functions[2]), ("max", _modules[3], _functions[3])):
+        EXPORT.register(_module, _function, rule=ExportRule(rewrite=adaptive_export(_kind, _spatial)))

@@ -128,6 +128,19 @@ class QuantRule:
     decompose: Optional[Callable] = None          # decompose: f(module, node) -> (nn.Module, inputs) or a reason
 
 
+@dataclass(frozen=True)
+class ExportRule:
+    """How an op reaches torch's TorchScript ONNX exporter (fxcompress/onnx/exportable.py), which reads sizes
+    from its own shape inference and loses them behind a Pad or a reshape with computed sizes ("input size
+    not accessible"). On a copy of the graph only (the model is never changed), with every node's shape
+    recorded (`node.meta["tensor_meta"]`; only the batch dim stays dynamic in the file):
+    - rewrite(gm, node, module) -> a node computing the same values from ops the exporter handles whatever
+      it knows of their sizes (the sizes read from the recorded shapes), or None to leave the node as it is;
+    - min_opset: the first opset with the op (Col2Im: 18), used when the caller named no opset."""
+    rewrite: Optional[Callable] = None
+    min_opset: Optional[int] = None
+
+
 # MACs: rule(view) -> int, view a fxcompress.graph.macs.MacView (shapes of the node, its inputs and params)
 MACS = OpRegistry("MACs")
 # channel coupling: rule(r) declares couplings through r, a fxcompress.prune.coupling.RuleCtx;
@@ -142,6 +155,8 @@ QUANT = OpRegistry("quantization")
 # right after tracing (timm's norm+activation layers, same-padding convs; fxcompress/graph/canonical.py), or
 # a string saying why it cannot; a layer type with a rule stays one call_module node when traced
 CANONICAL = OpRegistry("canonical form")
+# ONNX export: an ExportRule per op that torch's exporter needs rewritten (or a newer opset) to handle
+EXPORT = OpRegistry("ONNX export")
 # BatchNorm folding: rule(module) -> the weight axis holding output channels, or None (cannot absorb BN)
 BN_FOLD = OpRegistry("BatchNorm folding")
 
@@ -149,6 +164,24 @@ BN_FOLD = OpRegistry("BatchNorm folding")
 def numel(shape) -> int:
     """Elements of a tensor of this shape; 0 when the shape is unknown (MACs rules count nothing then)."""
     return int(math.prod(shape)) if shape is not None else 0
+
+
+def static_shape(node) -> Optional[tuple]:
+    """The recorded shape of a node's tensor output (export rules' sizes), None where unknown."""
+    meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
+    shape = getattr(meta, "shape", None)
+    return tuple(int(v) for v in shape) if shape is not None else None
+
+
+def graph_constant(gm: fx.GraphModule, tensor, hint: str) -> fx.Node:
+    """A get_attr node reading `tensor`, registered as a buffer of gm under a fresh name (the index and
+    averaging tables an export rule builds); inserted where the graph's insertion point is."""
+    i = 0
+    while hasattr(gm, f"_export_{hint}_{i}"):
+        i += 1
+    name = f"_export_{hint}_{i}"
+    gm.register_buffer(name, tensor)
+    return gm.graph.get_attr(name)
 
 
 def PASSIVE(r) -> None:

@@ -4,7 +4,9 @@ that only read a tensor's metadata (size, dim, len...).
 Channels: dims kept whole pass through; where dims fold (NCHW -> N(CHW)), the flat dim follows the
 largest folded dim and the other folded dims stop here; permutes move couplings along. Under pruning the
 size constants baked into view/reshape/expand/unflatten calls follow the new shapes. INT8: they only move
-values, so they reuse their input's quantization.
+values, so they reuse their input's quantization. ONNX export: `Tensor.unfold` (sliding windows, timm's
+halo attention) becomes a gather of the window positions, and `F.fold` (col2im) gets its output size as
+constants and opset 18, where Col2Im appeared: torch's exporter needs sizes it cannot read behind a Pad.
 """
 from __future__ import annotations
 
@@ -16,7 +18,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .registry import COUPLING, PASSIVE, QUANT, RESIZE, QuantRule
+import torch.nn.functional as F
+
+from .registry import COUPLING, EXPORT, PASSIVE, QUANT, RESIZE, ExportRule, QuantRule, graph_constant, static_shape
 
 # ops that read only a tensor's metadata (shape, rank): they constrain no channel
 COUPLING.register(builtins.getattr, torch._assert, operator.eq, operator.ne, operator.floordiv, builtins.len,
@@ -154,3 +158,46 @@ def unflatten_resize(s, node, _):
     dim = dim % len(s.node_shape(node.args[0]))
     new = s.node_shape(node)
     node.args = (node.args[0], node.args[1], tuple(new[dim:dim + len(sizes)]))
+
+
+def _arg(node, i: int, name: str, default=None):
+    return node.args[i] if len(node.args) > i else node.kwargs.get(name, default)
+
+
+def unfold_export(gm, node, _):
+    """x.unfold(dim, size, step) == x.index_select(dim, [window starts + offsets]) with the windows split
+    out and moved last: Gather, Reshape and Transpose, which need no size of the exporter's."""
+    x = node.args[0]
+    shape = static_shape(x)
+    dim, size, step = _arg(node, 1, "dimension"), _arg(node, 2, "size"), _arg(node, 3, "step")
+    if shape is None or not all(isinstance(v, int) for v in (dim, size, step)):
+        return None
+    dim %= len(shape)
+    if dim == 0:   # the batch dim stays dynamic in the file: no constant index covers it
+        return None
+    n = (shape[dim] - size) // step + 1
+    index = (torch.arange(n)[:, None] * step + torch.arange(size)).reshape(-1)
+    g = gm.graph
+    picked = g.call_function(torch.index_select, (x, dim, graph_constant(gm, index, "unfold_index")))
+    split = g.call_method("reshape", (picked, (-1, *shape[1:dim], n, size, *shape[dim + 1:])))
+    return g.call_function(torch.movedim, (split, dim + 1, len(shape)))
+
+
+def fold_export(gm, node, _):
+    """F.fold's output size, often read from a tensor's shape in the model's code, as constants: the
+    exporter's Col2Im needs them known."""
+    out = static_shape(node)
+    if out is None:
+        return None
+    args = list(node.args)
+    kwargs = dict(node.kwargs)
+    if len(args) > 1:
+        args[1] = tuple(out[-2:])
+    else:
+        kwargs["output_size"] = tuple(out[-2:])
+    return gm.graph.call_function(F.fold, tuple(args), kwargs)
+
+
+EXPORT.register("unfold", rule=ExportRule(rewrite=unfold_export))
+EXPORT.register(F.fold, rule=ExportRule(rewrite=fold_export, min_opset=18))
+EXPORT.register(nn.Fold, rule=ExportRule(min_opset=18))
