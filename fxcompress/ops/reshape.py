@@ -16,6 +16,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+import torch.fx as fx
 import torch.nn as nn
 
 import torch.nn.functional as F
@@ -131,6 +132,42 @@ def _shape_spec(node, first: int):
     return list(spec), False
 
 
+def _size_source(v):
+    """(tensor node, dim) whose size `v` reads (`t.size(d)`, `t.shape[d]`, `t.size()[d]`), else None."""
+    if v.op == "call_method" and v.target == "size" and len(v.args) == 2 and isinstance(v.args[1], int):
+        return v.args[0], v.args[1]
+    if v.op == "call_function" and v.target is operator.getitem and isinstance(v.args[1], int):
+        shape = v.args[0]
+        if isinstance(shape, fx.Node) and ((shape.op == "call_function" and shape.target is builtins.getattr
+                                            and shape.args[1] == "shape") or
+                                           (shape.op == "call_method" and shape.target == "size"
+                                            and len(shape.args) == 1)):
+            return shape.args[0], v.args[1]
+    return None
+
+
+def _follow(s, node, v, old: int, new: int):
+    """A size argument after pruning. A constant becomes the new size. A size read from a tensor whose dim
+    the plan leaves whole (pvt_v2's `x.reshape(B, N, C)`, C read from the block's input, after an attention
+    whose values lost channels) is scaled by new / old where its dim shrank: a pruned dim is channels times
+    sizes that follow the input resolution (a fold), so it stays right at every resolution, as the model's
+    own was. A size read from a tensor pruned alike already follows; any other stays as it is (the probe
+    of prune/probe.py then finds whether it breaks)."""
+    if isinstance(v, int) and v != -1:
+        return new
+    if not isinstance(v, fx.Node) or new == old:
+        return v
+    source = _size_source(v)
+    if source is None:
+        return v
+    t, d = source
+    t_old, t_new = s.old_shape(t), s.node_shape(t)
+    if t_old is None or t_new is None or t_old[d] != t_new[d]:
+        return v
+    with node.graph.inserting_before(node):
+        return node.graph.call_function(operator.floordiv, (node.graph.call_function(operator.mul, (v, new)), old))
+
+
 @RESIZE.register("view", "reshape", "expand", torch.reshape)
 def shape_args_resize(s, node, _):
     if not s.changed(node):
@@ -141,9 +178,10 @@ def shape_args_resize(s, node, _):
         packed = True
     else:
         spec, packed = _shape_spec(node, 1)
-    if len(spec) != len(new):
+    old = s.old_shape(node)
+    if len(spec) != len(new) or old is None or len(old) != len(new):
         return
-    spec = [new[i] if isinstance(v, int) and v != -1 else v for i, v in enumerate(spec)]
+    spec = [_follow(s, node, v, old[i], new[i]) for i, v in enumerate(spec)]
     if node.op == "call_function":
         node.args = (node.args[0], tuple(spec)) + tuple(node.args[2:])
     else:
