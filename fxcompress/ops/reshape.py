@@ -146,23 +146,38 @@ def _size_source(v):
     return None
 
 
+def _reads_whole_dims(s, v, depth: int = 3) -> bool:
+    """`v` is a size the plan leaves as it is: read from a dim it keeps whole, or such a size times or divided
+    by a constant (coat's `C // num_heads`)."""
+    source = _size_source(v)
+    if source is not None:
+        t, d = source
+        t_old, t_new = s.old_shape(t), s.node_shape(t)
+        return t_old is not None and t_new is not None and t_old[d] == t_new[d]
+    if depth and v.op == "call_function" and v.target in _SIZE_ARITHMETIC and len(v.args) == 2:
+        a, b = v.args
+        if isinstance(a, fx.Node) and isinstance(b, int):
+            return _reads_whole_dims(s, a, depth - 1)
+        if isinstance(b, fx.Node) and isinstance(a, int) and v.target is not operator.floordiv:
+            return _reads_whole_dims(s, b, depth - 1)
+    return False
+
+
+_SIZE_ARITHMETIC = (operator.floordiv, operator.mul)   # proportional: a scaled size stays exact
+
+
 def _follow(s, node, v, old: int, new: int):
     """A size argument after pruning. A constant becomes the new size. A size read from a tensor whose dim
     the plan leaves whole (pvt_v2's `x.reshape(B, N, C)`, C read from the block's input, after an attention
     whose values lost channels) is scaled by new / old where its dim shrank: a pruned dim is channels times
     sizes that follow the input resolution (a fold), so it stays right at every resolution, as the model's
     own was. A size read from a tensor pruned alike already follows; any other stays as it is (the probe
-    of prune/probe.py then finds whether it breaks)."""
+    of prune/probe.py then finds whether it breaks), and the exactness check has the last word."""
     if isinstance(v, int) and v != -1:
         return new
     if not isinstance(v, fx.Node) or new == old:
         return v
-    source = _size_source(v)
-    if source is None:
-        return v
-    t, d = source
-    t_old, t_new = s.old_shape(t), s.node_shape(t)
-    if t_old is None or t_new is None or t_old[d] != t_new[d]:
+    if not _reads_whole_dims(s, v):
         return v
     with node.graph.inserting_before(node):
         return node.graph.call_function(operator.floordiv, (node.graph.call_function(operator.mul, (v, new)), old))
