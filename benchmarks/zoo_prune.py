@@ -231,7 +231,10 @@ def main(argv=None):
         for path in args.merge:  # later files win: reruns replace earlier rows
             with open(path) as f:
                 data = json.load(f)
+            commit = data.get("provenance", {}).get("git_commit") if isinstance(data, dict) else None
             for r in (data["rows"] if isinstance(data, dict) else data):
+                if commit:   # each row keeps the commit it was run at (the file's provenance is the merge's)
+                    r.setdefault("git_commit", commit)
                 by_model[r["model"]] = r
         order = ([v["model"] for v in timm_families()["families"].values()] if args.source == "timm"
                  else torchvision.models.list_models(module=torchvision.models))
