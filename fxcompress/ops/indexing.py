@@ -3,7 +3,9 @@
 Channels: cat and split couple each piece with its offset in the whole; equal splits (chunk) keep their
 pieces equal, so position j goes in every piece; slices couple the positions they keep (strided slices
 stop here: their constants cannot follow pruning). Under pruning, split sizes and slice bounds follow
-the kept channels. INT8: concat runs as QLinearConcat (inputs and output requantized); split, chunk,
+the kept channels. INT8: concat runs as QLinearConcat; its inputs share its output's quantizer where each
+feeds no other concat (then onnxruntime copies their codes instead of requantizing them through a table,
+as TFLite requires of a concat: fxcompress/quant/concat_scale.py), else they are requantized; split, chunk,
 unbind and getitem only move values, so they pass the codes of one quantizer placed before them through
 (fxcompress/quant/passthrough.py places it).
 """
@@ -17,7 +19,7 @@ import torch.fx as fx
 from .elementwise import PASSTHROUGH
 from .registry import COUPLING, QUANT, RESIZE, QuantRule
 
-QUANT.register(torch.cat, rule=QuantRule("requantize"))
+QUANT.register(torch.cat, rule=QuantRule("requantize", shared_scale=True))
 # ONNX Split (Squeeze after it for unbind), Slice / Gather for getitem: the values are not changed
 QUANT.register("chunk", "split", "split_with_sizes", "unbind", torch.chunk, torch.split, torch.unbind,
                operator.getitem, rule=PASSTHROUGH)

@@ -113,7 +113,9 @@ def optional(module: str, name: str):
 class QuantRule:
     """How the INT8 lowering treats an op (see fxcompress/quant/insert.py for the roles):
     - "weighted": conv / linear: int8 weight per output channel (`weight_axis`), uint8 input and output;
-    - "requantize": ops with integer kernels of their own (add, average pools, concat);
+    - "requantize": ops with integer kernels of their own (add, average pools, concat); with `shared_scale`
+      the inputs take the output's quantizer where that is safe (concat: QLinearConcat then copies bytes
+      instead of requantizing each input through a table; quant/concat_scale.py);
     - "activation": ReLU-like ops after a quantized op: the quantizer moves after them;
     - "passthrough": ops that only move or select values: they reuse their input's quantization;
     - "decompose": modules that hide their linear layers (nn.MultiheadAttention's packed projection):
@@ -125,6 +127,7 @@ class QuantRule:
     upper_bound: Optional[Callable] = None        # activation: f(module or node) -> bound, None, or False (not ReLU-like)
     float_output_ok: Optional[Callable] = None    # weighted: f(node) -> True if the output may stay float
     min_tensor_inputs: int = 1                    # requantize: fewer float tensor operands -> left in float
+    shared_scale: bool = False                    # requantize: inputs may reuse the output's quantizer
     decompose: Optional[Callable] = None          # decompose: f(module, node) -> (nn.Module, inputs) or a reason
 
 

@@ -4,6 +4,7 @@ Which ops are quantized, and how, is each op family's `QuantRule` (registry `QUA
 chosen by how onnxruntime's CPU optimizer turns QDQ groups into integer kernels:
 - "weighted" (conv, linear): int8 weight per output channel, uint8 input and output -> QLinearConv, QGemm;
 - "requantize" (add, average pools, concat): every tensor input and the output quantized -> QLinearAdd...;
+  a concat's inputs with the concat's own quantizer where that is safe (quant/concat_scale.py);
 - "activation" (ReLU-like, right after a quantized op): the output is quantized after them instead;
 - "passthrough" (max-pool, flatten, reshape, dropout, chunk/split and their getitem): reuse the input's
   quantizer, run on uint8.
@@ -25,6 +26,7 @@ from torch.nn.utils import parametrize
 from .. import ops  # noqa: F401  (registers every op family's rules)
 from ..ops.registry import QUANT, QuantRule
 from .fake_quant import ActivationQuantizer, WeightQuantizer
+from .concat_scale import share_concat_scales
 from .observers import CalibrationConfig
 from .passthrough import hoist_quantizers, share_quantizers
 from .passthrough import is_float_tensor as _is_float_tensor
@@ -106,6 +108,8 @@ def plan_quantization(gm: fx.GraphModule, min_input_channels: int = 1) -> QuantP
     # pass-through ops reuse the quantizer of the tensor they move (placed there if it had none)
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
     plan.shared = share_quantizers(need, rules, order)
+    # a concat's inputs take its quantizer, so that onnxruntime copies their codes (quant/concat_scale.py)
+    share_concat_scales(need, rules, plan.shared, plan.bounds)
     plan.quantized = [n for n in sorted(need, key=order.get) if n not in plan.shared]
     return plan
 
