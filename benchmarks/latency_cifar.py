@@ -8,7 +8,10 @@ Three pruned students, each one-shot MagnitudePrune of the reference, then the s
 - macs_same_latency: MagnitudePrune(target_macs=m, min_channels=16), m bisected on this machine until its
   INT8 latency measures what the latency model's does (min_channels=16 keeps onnxruntime's fast INT8
   convolution: without it no MACs target reaches that latency, see macs_same_macs);
-- macs_same_macs: MagnitudePrune(target_macs=the latency model's MACs fraction), the plain MACs recipe.
+- macs_same_macs: MagnitudePrune(target_macs=the latency model's MACs fraction), the plain MACs recipe;
+- resrep_latency: ResRep(target_latency=--target, ...) from the reference with the same KD and epochs (and
+  ResRep's CIFAR settings of resrep_cifar.py): channels chosen while training, by compactor norm per latency
+  saved (pruned at the end of its own training, not by --plan).
 
 The pruning (and every latency it is chosen by) runs on this machine with --plan; each student's weights
 and kept widths are written to --workdir, so the fine-tuning can run elsewhere (`--train-only`, e.g. on a
@@ -41,7 +44,7 @@ from resrep_cifar import training_time  # noqa: E402
 
 RESULTS = os.path.join(HERE, "results")
 FIGS = os.path.join(os.path.dirname(HERE), "figs")
-VARIANTS = ("latency", "macs_same_latency", "macs_same_macs")
+VARIANTS = ("latency", "macs_same_latency", "macs_same_macs", "resrep_latency")
 X = torch.randn(1, 3, 32, 32)
 
 
@@ -129,12 +132,20 @@ def run_variant(name, reference, planned, data, args) -> dict:
     if os.path.exists(cached):
         with open(cached) as f:
             return json.load(f)
-    student = rebuild(reference, name, planned, args)
     ckpt = os.path.join(args.workdir, name)
     hooks = [DistillHook(copy.deepcopy(reference), KDLoss(temperature=4.0))]
-    result = fxcompress.compile(student, [FineTune(epochs=args.epochs, lr=args.lr, hooks=hooks, checkpoint_dir=ckpt,
-                                                   resume=True, max_steps_per_epoch=args.max_steps_per_epoch)],
-                                X, train_loader=train, val_loader=test, device=args.device, progress=True)
+    common = dict(epochs=args.epochs, lr=args.lr, hooks=hooks, checkpoint_dir=ckpt, resume=True,
+                  max_steps_per_epoch=args.max_steps_per_epoch)
+    if name == "resrep_latency":   # chooses its channels while training, by compactor norm per latency saved
+        from fxcompress.passes import ResRep
+        student, passes = reference, [ResRep(target_latency=args.target, runtime="onnxruntime-int8", batch=32,
+                                             relative_to="onnxruntime-fp32", round_to=args.round_to,
+                                             lasso_strength=3e-4, warmup_epochs=2, mask_interval=60,
+                                             step_channels=4, **common)]
+    else:
+        student, passes = rebuild(reference, name, planned, args), [FineTune(**common)]
+    result = fxcompress.compile(student, passes, X, train_loader=train, val_loader=test, device=args.device,
+                                progress=True)
     if args.train_only:
         return {"variant": name, "trained": True}
     model = result.model.cpu().eval()
@@ -142,7 +153,16 @@ def run_variant(name, reference, planned, data, args) -> dict:
     fxcompress.compile(model, [ExportONNX(fp32)], X, progress=False)
     fxcompress.compile(model, [QuantizeINT8(method="kl"), ExportONNX(int8)], X, calib_loader=calib,
                        val_loader=test, progress=False)
-    row = {"variant": name, "epochs": args.epochs, **training_time(ckpt), "macs": planned["macs"],
+    if name == "resrep_latency":
+        record = result.report.records[0]
+        planned = {"macs": record.macs_after, "params": record.params_after,
+                   "group_widths": {str(w["group"]): w["after"] for w in record.metrics["widths"]}}
+        extra = {"resrep": {k: record.metrics.get(k) for k in ("latency_calibration", "predicted_latency",
+                                                              "measured_latency", "met_target", "top1_trained",
+                                                              "top1_after", "zeroing_max_rel_change", "warning")}}
+    else:
+        extra = {}
+    row = {"variant": name, "epochs": args.epochs, **training_time(ckpt), "macs": planned["macs"], **extra,
            "params": planned["params"], "group_widths": planned["group_widths"],
            "widths": [m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)],
            "top1_fp32": onnx_top1(fp32, test), "top1_int8": onnx_top1(int8, test)}
@@ -202,7 +222,7 @@ def main(argv=None):
     with open(os.path.join(args.workdir, "plan.json")) as f:
         planned = json.load(f)
     reference, meta, train, test, calib = reference_and_loaders()
-    rows = [run_variant(v, reference, planned["students"][v], (train, test, calib), args) for v in args.variants]
+    rows = [run_variant(v, reference, planned["students"].get(v), (train, test, calib), args) for v in args.variants]
     if args.train_only:
         print(json.dumps(rows))
         return 0
