@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
@@ -118,17 +119,32 @@ def _codes_in_onnxruntime(path: str, x: torch.Tensor) -> dict:
     return dict(zip(names, run_ort(ort_session(probed), (x,))[1:]))
 
 
+def _call_sites(gm) -> dict:
+    """{fx node calling an activation quantizer: its name in the ONNX file}: the exporter names the k-th call
+    of a module (in graph order) after the module, with "_k" from the second call on."""
+    modules, seen, out = dict(gm.named_modules()), {}, {}
+    for n in gm.graph.nodes:
+        if n.op == "call_module" and isinstance(modules[n.target], ActivationQuantizer):
+            k = seen[n.target] = seen.get(n.target, -1) + 1
+            out[n] = n.target if k == 0 else f"{n.target}_{k}"
+    return out
+
+
 def _codes_in_torch(gm, names, x) -> dict:
-    modules = dict(gm.named_modules())
-    codes, hooks = {}, []
-    for name in names:
-        def hook(m, inputs, out, name=name):
-            codes.setdefault(name, (torch.round(out / m.scale) + m.zero_point).numpy())
-        hooks.append(modules[name].register_forward_hook(hook))
+    """{quantizer call site, named as the exporter names its QuantizeLinear: uint8 codes}; a quantizer shared
+    by several call sites (a concat's inputs, quant/concat_scale.py) gives each its own codes."""
+    codes, site = {}, _call_sites(gm)
+
+    class Capture(fx.Interpreter):
+        def run_node(self, n):
+            out = super().run_node(n)
+            if site.get(n) in names:
+                m = gm.get_submodule(n.target)
+                codes[site[n]] = (torch.round(out / m.scale) + m.zero_point).numpy()
+            return out
+
     with torch.no_grad():
-        gm(x)
-    for h in hooks:
-        h.remove()
+        Capture(gm).run(x)
     return codes
 
 
@@ -172,7 +188,7 @@ def test_every_code_is_onnxruntimes(float_ops_export):
     # the two SiLU layers between quantizers run on codes (lower_silu.py); the rest in float
     assert metrics["emulated_sigmoids"] == 3 and metrics["qlinear_silus"] == 2 and metrics["emulated_batch_norms"] == 2
     ort = _codes_in_onnxruntime(path, x)
-    assert len(ort) == len([m for m in gm.modules() if isinstance(m, ActivationQuantizer)])
+    assert sorted(ort) == sorted(_call_sites(gm).values())   # every call of a quantizer has its QuantizeLinear
     kernels = {n.op_type for n in optimized_graph(path).graph.node}
     assert {"QLinearConcat", "QLinearAveragePool", "BatchNormalization", "Sigmoid", "QLinearSigmoid"} <= kernels
     ours = _codes_in_torch(gm, list(ort), x)
