@@ -67,3 +67,6 @@ QUANT.register(nn.ReLU, F.relu, torch.relu, "relu", "relu_", rule=RELU)
 QUANT.register(nn.ReLU6, F.relu6, rule=QuantRule("activation", upper_bound=lambda m: 6.0))
 QUANT.register(nn.Hardtanh, rule=QuantRule("activation", upper_bound=_hardtanh_bound))
 QUANT.register(nn.Dropout, nn.Identity, F.dropout, "contiguous", rule=PASSTHROUGH)
+# stochastic depth is dropout per sample: identity in eval, gone from the ONNX file, so a SiLU before it must
+# be followed by its quantizer in the graph too (EfficientNetV2's fused blocks: lower_silu.py fuses it there)
+QUANT.register(STOCHASTIC_DEPTH, rule=PASSTHROUGH)

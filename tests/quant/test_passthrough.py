@@ -171,3 +171,32 @@ class ValueRead(ShapeRead):
 def test_a_comparison_on_the_values_keeps_the_quantizers_after_the_slices():
     gm, plan = _plan(ValueRead())
     assert _node(gm, "act") not in plan.quantized
+
+
+class FusedMBConvLike(nn.Module):
+    """EfficientNetV2's fused block: conv-BN-SiLU, then torchvision's stochastic depth (identity in eval, gone
+    from the ONNX file), then the residual add."""
+
+    def __init__(self, c=16):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, c, 3, padding=1), nn.BatchNorm2d(c), nn.SiLU())
+        self.block = nn.Sequential(nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c), nn.SiLU())
+        self.head = nn.Conv2d(c, 8, 1)
+        import torchvision   # its StochasticDepth calls the fx-wrapped function: a node of the graph
+        self.stochastic_depth = torchvision.ops.StochasticDepth(0.2, "row")
+
+    def forward(self, x):
+        h = self.stem(x)
+        return self.head(h + self.stochastic_depth(self.block(h)))
+
+
+def test_a_silu_before_stochastic_depth_is_followed_by_its_quantizer(tmp_path):
+    """The file fuses that SiLU into QLinearSigmoid + QLinearMul; the fake-quant model must compute those codes
+    too (without the pass-through rule for stochastic depth, the check refuses it: the add's codes one step off)."""
+    path = str(tmp_path / "m.onnx")
+    result = _export(FusedMBConvLike(), path)
+    ops = collections.Counter(n.op_type for n in onnx.load(path).graph.node)
+    assert ops["QLinearSigmoid"] == 2 and ops["Sigmoid"] == 0
+    assert result.report.records[1].metrics["qlinear_silus"] == 2
+    metrics = result.report.records[-1].metrics
+    assert metrics["max_code_step"] == 0 and metrics["code_flip_fraction"] == 0
