@@ -25,14 +25,7 @@ from typing import Dict, List
 
 import torch.fx as fx
 
-from .passthrough import is_float_tensor
-
-
-def _tensor_args(node: fx.Node) -> List[fx.Node]:
-    flat = []
-    for a in list(node.args) + list(node.kwargs.values()):
-        flat.extend(a if isinstance(a, (list, tuple)) else [a])
-    return [a for a in flat if is_float_tensor(a)]
+from .passthrough import tensor_args
 
 
 def share_concat_scales(need: Dict[fx.Node, None], rules: Dict[fx.Node, object], shared: Dict[fx.Node, fx.Node],
@@ -46,7 +39,7 @@ def share_concat_scales(need: Dict[fx.Node, None], rules: Dict[fx.Node, object],
         if rule is None or not getattr(rule, "shared_scale", False) or n in shared:
             continue
         roots = []
-        for a in _tensor_args(n):
+        for a in tensor_args(n):
             root = shared.get(a, a)   # a piece of a chunk: the tensor whose quantizer it shares
             role = getattr(rules.get(root), "role", None)
             if root not in need or root in bounds or root is n or role == "activation":

@@ -29,7 +29,7 @@ from .fake_quant import ActivationQuantizer, WeightQuantizer
 from .concat_scale import share_concat_scales
 from .observers import CalibrationConfig
 from .passthrough import hoist_quantizers, share_quantizers
-from .passthrough import is_float_tensor as _is_float_tensor
+from .passthrough import is_float_tensor as _is_float_tensor, tensor_args
 
 
 def rule_for(node: fx.Node, modules: Dict[str, nn.Module]) -> Optional[QuantRule]:
@@ -45,13 +45,6 @@ def activation_bound(node: fx.Node, rule: QuantRule, modules):
     if rule.upper_bound is None:
         return None
     return rule.upper_bound(modules[node.target] if node.op == "call_module" else node)
-
-
-def _tensor_args(node: fx.Node) -> List[fx.Node]:
-    flat = []
-    for a in list(node.args) + list(node.kwargs.values()):
-        flat.extend(a if isinstance(a, (list, tuple)) else [a])
-    return [a for a in flat if _is_float_tensor(a)]
 
 
 @dataclass
@@ -74,7 +67,7 @@ def plan_quantization(gm: fx.GraphModule, min_input_channels: int = 1) -> QuantP
     for n, rule in rules.items():
         if rule is None or rule.role not in ("weighted", "requantize"):
             continue
-        inputs = [n.args[0]] if rule.role == "weighted" else _tensor_args(n)
+        inputs = [n.args[0]] if rule.role == "weighted" else tensor_args(n)
         if not inputs or not all(_is_float_tensor(a) for a in inputs) or not _is_float_tensor(n):
             continue
         if len(inputs) < rule.min_tensor_inputs:

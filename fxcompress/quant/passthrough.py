@@ -25,7 +25,7 @@ pass-through rule (ops/reshape.py gives them none), so no quantizer moves up pas
 """
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import onnx
 import torch.fx as fx
@@ -38,6 +38,14 @@ def is_float_tensor(node) -> bool:
         return False
     meta = node.meta.get("tensor_meta")
     return meta is not None and hasattr(meta, "dtype") and meta.dtype.is_floating_point
+
+
+def tensor_args(node: fx.Node) -> List[fx.Node]:
+    """The float tensors a node reads, from its args and kwargs (lists of them flattened: cat's inputs)."""
+    flat = []
+    for a in list(node.args) + list(node.kwargs.values()):
+        flat.extend(a if isinstance(a, (list, tuple)) else [a])
+    return [a for a in flat if is_float_tensor(a)]
 
 
 def passthrough_source(node: fx.Node, rules: Dict[fx.Node, object]) -> Optional[fx.Node]:
