@@ -68,7 +68,19 @@ class ResRepHook(TrainHook):
 
     def on_epoch_end(self, epoch: int, model: nn.Module) -> None:
         self.history.append({"epoch": epoch + 1, "masked_channels": self.masks.masked_count(),
-                             "macs": int(self.macs_of(self.masks.plan()))})
+                             "macs": int(self.macs_of(self.masks.plan())),
+                             "masked_row_norm_max": self.masked_row_norm_max()})
+
+    @torch.no_grad()
+    def masked_row_norm_max(self) -> float:
+        """The largest norm among masked rows: how far forgetting is from done (zeroing them at the end
+        changes the model unless this has reached about zero)."""
+        worst = 0.0
+        for name, q in self.masks.compactors.items():
+            masked = self.row_masks[name] == 0
+            if masked.any():
+                worst = max(worst, float(q.row_norms()[masked.to(q.weight.device)].max()))
+        return worst
 
     def state_dict(self) -> dict:
         return {"step": self.step, "masks": self.masks.state_dict(),

@@ -72,3 +72,17 @@ def test_hook_state_round_trips():
     hook2.load_state_dict(state)
     assert hook2.step == 1 and masks2.masked_count() == 3 and hook2.history == hook.history
     assert all(torch.equal(hook2.row_masks[n], hook.row_masks[n]) for n in hook.row_masks)
+
+
+def test_history_records_the_largest_masked_row_norm():
+    compacted, compactors, masks, hook = setup()
+    hook.on_epoch_end(0, compacted)
+    assert hook.history[-1]["masked_row_norm_max"] == 0.0     # nothing masked yet
+    gid = masks.groups[0]
+    masks.masked[gid][[2]] = True
+    hook._refresh_rows()
+    name, pos, units = masks.rows[gid][0]
+    with torch.no_grad():
+        compactors[name].rows()[pos[units == 2]] *= 3.0     # identity row of norm 1 -> 3
+    hook.on_epoch_end(1, compacted)
+    assert abs(hook.history[-1]["masked_row_norm_max"] - 3.0) < 1e-6
