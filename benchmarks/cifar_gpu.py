@@ -88,7 +88,7 @@ def main(argv=None):
     ap.add_argument("--safety", type=float, default=0.8, help="fraction of the budget the estimate may fill")
     ap.add_argument("--max-epochs", type=int, default=200)
     ap.add_argument("--probe-steps", type=int, default=60)
-    ap.add_argument("--resrep-variants", nargs="*", default=["resrep", "magnitude", "resrep_kd", "magnitude_kd"])
+    ap.add_argument("--resrep-variants", nargs="*", default=["resrep_mean", "resrep_sum", "magnitude", "resrep_mean_kd", "resrep_sum_kd", "magnitude_kd"])
     ap.add_argument("--distill-methods", nargs="*",
                     default=["scratch", "kd", "irg", "vid", "kd_irg", "pruned", "pruned_kd"])
     ap.add_argument("--latency-variants", nargs="*", default=[],

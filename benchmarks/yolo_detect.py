@@ -8,6 +8,11 @@ QuantizeINT8(kl) + ExportONNX (the INT8 check on every output). Latency: onnxrun
 medians of interleaved runs.
 
     python benchmarks/yolo_detect.py [--models yolov8n yolo11n] [--runs 20] [--calib-images 16]
+    python benchmarks/yolo_detect.py --target-latency 0.3      # also a latency-targeted model beside it
+
+With --target-latency F, a second pruned model: MagnitudePrune(target_latency=F, runtime="onnxruntime-int8",
+relative_to="onnxruntime-fp32", batch=1, round_to=8), widths chosen where this machine's INT8 kernels are fast,
+then the same INT8 lowering; its MACs fraction is reported beside the speed-up.
 """
 from __future__ import annotations
 
@@ -45,29 +50,45 @@ def run_model(name: str, args, work: str) -> dict:
     example = (torch.randn(1, 3, args.size, args.size),)
     gen = torch.Generator().manual_seed(1)
     calib = [torch.randn(4, 3, args.size, args.size, generator=gen) for _ in range(args.calib_images // 4)]
-    paths = {k: os.path.join(work, f"{name}_{k}.onnx") for k in ("fp32", "pruned_fp32", "pruned_int8")}
+    paths = {"fp32": os.path.join(work, f"{name}_fp32.onnx")}
     fp32 = fxcompress.compile(model, [CountFlops(), ExportONNX(paths["fp32"])], example)
     row["capture"] = {k: v for k, v in fp32.report.capture.items() if k != "specialised"}
-    pruned = fxcompress.compile(model, [ChannelGroups(), MagnitudePrune(target_macs=0.5, round_to=8),
-                                        ExportONNX(paths["pruned_fp32"])], example)
-    groups, prune, export = pruned.report.records
-    row.update(macs=prune.macs_before, macs_pruned=prune.macs_after, params=prune.params_before,
-               params_pruned=prune.params_after, prune_max_rel_error=prune.metrics.get("max_rel_error"),
-               onnx_max_rel_error=export.metrics.get("max_rel_error"), fixed_reasons=groups.metrics.get("fixed_reasons"))
-    try:   # a failed INT8 check leaves no file: the FP32 rows are still measured
-        quant = fxcompress.compile(pruned.model, [FoldBatchNorm(), QuantizeINT8(method="kl"),
-                                                  ExportONNX(paths["pruned_int8"])], example, calib_loader=calib)
-        row["int8_export"] = {k: v for k, v in quant.report.records[-1].metrics.items()
-                              if not isinstance(v, (list, dict))}
-    except fxcompress.FxCompressError as e:
-        row["int8_error"] = f"{type(e).__name__}: {str(e)[:600]}"
-        del paths["pruned_int8"]
+    prunes = {"pruned": MagnitudePrune(target_macs=0.5, round_to=8)}
+    if args.target_latency is not None:   # the INT8 model's latency as a fraction of FP32's, batch 1
+        prunes["latency"] = MagnitudePrune(target_latency=args.target_latency, runtime="onnxruntime-int8", batch=1,
+                                           relative_to="onnxruntime-fp32", round_to=8)
+    for kind, prune in prunes.items():
+        prefix = "" if kind == "pruned" else "latency_"
+        paths[f"{kind}_fp32"] = os.path.join(work, f"{name}_{kind}_fp32.onnx")
+        pruned = fxcompress.compile(model, [ChannelGroups(), prune, ExportONNX(paths[f"{kind}_fp32"])], example)
+        groups, record, export = pruned.report.records
+        row.update({f"{prefix}macs_pruned": record.macs_after, f"{prefix}params_pruned": record.params_after,
+                    f"{prefix}prune_max_rel_error": record.metrics.get("max_rel_error"),
+                    f"{prefix}onnx_max_rel_error": export.metrics.get("max_rel_error")})
+        if kind == "pruned":
+            row.update(macs=record.macs_before, params=record.params_before,
+                       fixed_reasons=groups.metrics.get("fixed_reasons"))
+        else:
+            row["latency_target"] = {k: v for k, v in record.metrics.items()
+                                     if k in ("target_latency", "predicted_latency", "measured_latency", "met_target",
+                                              "runtime", "relative_to", "batch", "threads")}
+        try:   # a failed INT8 check leaves no file: the FP32 rows are still measured
+            paths[f"{kind}_int8"] = os.path.join(work, f"{name}_{kind}_int8.onnx")
+            quant = fxcompress.compile(pruned.model, [FoldBatchNorm(), QuantizeINT8(method="kl"),
+                                                      ExportONNX(paths[f"{kind}_int8"])], example, calib_loader=calib)
+            row[f"{prefix}int8_export"] = {k: v for k, v in quant.report.records[-1].metrics.items()
+                                           if not isinstance(v, (list, dict))}
+        except fxcompress.FxCompressError as e:
+            row[f"{prefix}int8_error"] = f"{type(e).__name__}: {str(e)[:600]}"
+            del paths[f"{kind}_int8"]
     row["bytes"] = {k: os.path.getsize(p) for k, p in paths.items()}
     row["latency_ms_b1"] = interleaved_latency(paths, example[0], runs=args.runs, warmup=3)
     lat = row["latency_ms_b1"]
-    row["speedup_pruned_fp32"] = lat["fp32"] / lat["pruned_fp32"]
-    if "pruned_int8" in lat:
-        row["speedup_pruned_int8"] = lat["fp32"] / lat["pruned_int8"]
+    for kind in prunes:
+        prefix = "" if kind == "pruned" else "latency_"
+        row[f"{prefix}speedup_pruned_fp32"] = lat["fp32"] / lat[f"{kind}_fp32"]
+        if f"{kind}_int8" in lat:
+            row[f"{prefix}speedup_pruned_int8"] = lat["fp32"] / lat[f"{kind}_int8"]
     return row
 
 
@@ -77,6 +98,8 @@ def main(argv=None) -> int:
     ap.add_argument("--size", type=int, default=640)
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--calib-images", type=int, default=16)
+    ap.add_argument("--target-latency", type=float, default=None,
+                    help="also prune to this fraction of the FP32 latency, met by the INT8 model at batch 1")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "yolo_detect.json"))
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
@@ -105,9 +128,19 @@ def main(argv=None) -> int:
               f"{r['params'] / 1e6:.2f}M -> {r['params_pruned'] / 1e6:.2f}M | {r['prune_max_rel_error']:.1e} | "
               f"{r['onnx_max_rel_error']:.1e} | {int8} | {lat['fp32']:.1f} | {lat['pruned_fp32']:.1f} | {int8_ms} | "
               f"{speedup:.2f}x |")
+        if "latency_macs_pruned" in r:
+            int8 = "failed: " + r["latency_int8_error"][:160] if "latency_int8_error" in r else "passed"
+            int8_ms = f"{lat['latency_int8']:.1f}" if "latency_int8" in lat else "-"
+            speedup = r.get("latency_speedup_pruned_int8", r["latency_speedup_pruned_fp32"])
+            print(f"| {r['model']}, target_latency={args.target_latency} | {r['capture']['method']} | "
+                  f"{r['macs'] / 1e9:.2f}G -> {r['latency_macs_pruned'] / 1e9:.2f}G "
+                  f"({r['latency_macs_pruned'] / r['macs']:.0%}) | "
+                  f"{r['params'] / 1e6:.2f}M -> {r['latency_params_pruned'] / 1e6:.2f}M | "
+                  f"{r['latency_prune_max_rel_error']:.1e} | {r['latency_onnx_max_rel_error']:.1e} | {int8} | "
+                  f"{lat['fp32']:.1f} | {lat['latency_fp32']:.1f} | {int8_ms} | {speedup:.2f}x |")
     atomic_write_text(args.out, scrub_paths(json.dumps({"rows": rows, "size": args.size, "runs": args.runs,
                                             "provenance": provenance(ort_threads=2)}, indent=1, default=str)))
-    return 0 if all("error" not in r and "int8_error" not in r for r in rows) else 1
+    return 0 if all("error" not in r and "int8_error" not in r and "latency_int8_error" not in r for r in rows) else 1
 
 
 if __name__ == "__main__":

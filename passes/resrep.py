@@ -70,7 +70,7 @@ class ResRep(TransformPass):
                  hooks: Sequence[TrainHook] = (), loss_fn: Optional[Callable] = None, weight_decay: float = 5e-4,
                  momentum: float = 0.9, schedule: str = "cosine", seed: int = 0, checkpoint_dir: Optional[str] = None,
                  resume: bool = False, max_steps_per_epoch: Optional[int] = None,
-                 max_full_channels: Optional[int] = None, group_score: str = "sum",
+                 max_full_channels: Optional[int] = None, group_score: str = "mean",
                  target_latency: Optional[float] = None, runtime: str = "onnxruntime-fp32", threads: int = 2,
                  batch: int = 1, relative_to: Optional[str] = None):
         n = "ResRep"
@@ -78,7 +78,7 @@ class ResRep(TransformPass):
         if target_macs is None and target_latency is None:
             target_macs = 0.5
         _check(n, "group_score", group_score, group_score in ("sum", "mean"),
-               'give "sum" (row norms summed over a group\'s producers) or "mean"')
+               'give "mean" (a unit\'s row norms averaged over its group\'s producers) or "sum"')
         _check(n, "target_macs", target_macs, target_macs is None or (_number(target_macs) and 0 < target_macs < 1),
                "give the fraction of the current MACs to keep, in (0, 1)")
         _check(n, "lasso_strength", lasso_strength, _number(lasso_strength) and lasso_strength >= 0,

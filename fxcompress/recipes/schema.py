@@ -70,7 +70,7 @@ PASSES: Dict[str, Dict[str, Option]] = {
         "momentum": Option("number", 0.9, low=0, high=1, high_open=True),
         "ignore": Option("strings", []),
         "max_full_channels": Option("int", None, low=1, nullable=True),
-        "group_score": Option("choice", "sum", choices=("sum", "mean")),
+        "group_score": Option("choice", "mean", choices=("mean", "sum")),
         **_LATENCY_TARGET,
         **_HOOK_DISTILL,
     },

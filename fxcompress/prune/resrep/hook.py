@@ -6,7 +6,8 @@ so a kept row learns from the task and is pulled gently toward zero ("forgetting
 and a masked row gets the lasso term alone and decays to zero. Rows of groups ResRep leaves alone keep
 their task gradient. Compactors train with their own momentum and no weight decay (`optimizer_groups`).
 Every `mask_interval` steps after `warmup_steps`, up to `step_channels` more channels are masked (lowest
-summed row norms first) until the MACs reach the target.
+scores first: row norms averaged over a group's producers, ChannelMasks.scores) until the MACs reach the
+target.
 
     hook = ResRepHook(masks, macs_of, target_macs=..., lasso_strength=1e-4, ...)
     fit(compacted, train_loader, config, hooks=[hook])
