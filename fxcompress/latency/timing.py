@@ -34,7 +34,15 @@ LAYOUT_OPS = frozenset({"Transpose", "ReorderInput", "ReorderOutput"})
 Model = Union[str, onnx.ModelProto]
 
 
+# the caller's CPUs before pinned() narrowed it to one: sessions made inside pinned() place their workers on the
+# others (read after pinning, the caller's one CPU left no room, and every worker inherited that CPU: "2 threads"
+# ran at one thread's speed, yolov8n FP32 at 640x640 43 ms instead of 27)
+_unpinned_cpus: Optional[List[int]] = None
+
+
 def _cpus() -> List[int]:
+    if _unpinned_cpus is not None:
+        return list(_unpinned_cpus)
     return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
 
 
@@ -64,16 +72,19 @@ def pinned(threads: int):
     several sessions of one layer timed side by side, some took 0.42 ms and others 0.23 ms, so ratios
     between sessions were off by up to 2x. Pinned, every session splits its work the same way; on a quiet
     machine the scheduler places the threads so anyway."""
+    global _unpinned_cpus
     cpus = _cpus()
-    if not (1 < threads <= len(cpus)):
+    if not (1 < threads <= len(cpus)) or _unpinned_cpus is not None:
         yield
         return
     before = os.sched_getaffinity(0)
+    _unpinned_cpus = cpus
     os.sched_setaffinity(0, {cpus[0]})
     try:
         yield
     finally:
         os.sched_setaffinity(0, before)
+        _unpinned_cpus = None
 
 
 @dataclass

@@ -1,8 +1,12 @@
 """onnxruntime's profiler as a clock: layout ops left out of a layer's time, whole models node by node."""
+import os
+
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper
 
+from fxcompress.latency import timing
 from fxcompress.latency.graphs import layer_graph
 from fxcompress.latency.layers import LayerSpec
 from fxcompress.latency.timing import interleaved_kernel_ms, interleaved_runs
@@ -42,3 +46,16 @@ def test_interleaved_runs_give_wall_times_and_a_node_profile(tmp_path):
     # attribute.py allows for when it matches nodes to layers
     (shape,) = [n.out_shape for n in runs["b"][1].nodes if n.op == "Conv"]
     assert shape[0] == 2 and shape[1] in (8, 16) and shape[2:] == (16, 16)
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="pinning needs two CPUs")
+def test_sessions_made_while_pinned_still_get_a_cpu_per_thread():
+    # the caller is pinned to one CPU while timing; a session made then must still see every CPU for its
+    # workers (reading the caller's affinity there put both threads of a "2-thread" session on one CPU)
+    before = timing._cpus()
+    with timing.pinned(2):
+        assert os.sched_getaffinity(0) == {before[0]}
+        assert timing._cpus() == before
+        with timing.pinned(2):          # nested: no further narrowing
+            assert timing._cpus() == before
+    assert timing._cpus() == before and sorted(os.sched_getaffinity(0)) == before
