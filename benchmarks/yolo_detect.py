@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import tempfile
@@ -28,6 +29,7 @@ import torch
 
 import fxcompress
 from fxcompress.core.files import atomic_write_text
+from fxcompress.latency.search import LatencyUnreachable
 from fxcompress.models.random_init import recalibrate_batchnorm
 from fxcompress.onnx.measure import interleaved_latency
 from fxcompress.passes import ChannelGroups, CountFlops, ExportONNX, FoldBatchNorm, MagnitudePrune, QuantizeINT8
@@ -60,7 +62,13 @@ def run_model(name: str, args, work: str) -> dict:
     for kind, prune in prunes.items():
         prefix = "" if kind == "pruned" else "latency_"
         paths[f"{kind}_fp32"] = os.path.join(work, f"{name}_{kind}_fp32.onnx")
-        pruned = fxcompress.compile(model, [ChannelGroups(), prune, ExportONNX(paths[f"{kind}_fp32"])], example)
+        try:
+            pruned = fxcompress.compile(model, [ChannelGroups(), prune, ExportONNX(paths[f"{kind}_fp32"])], example)
+        except LatencyUnreachable as e:   # below this model's floor: recorded, then the floor itself (rounded up)
+            row["latency_target_refused"] = str(e)
+            prune = MagnitudePrune(target_latency=math.ceil(e.reachable * 100) / 100, runtime="onnxruntime-int8",
+                                   batch=1, relative_to="onnxruntime-fp32", round_to=8)
+            pruned = fxcompress.compile(model, [ChannelGroups(), prune, ExportONNX(paths[f"{kind}_fp32"])], example)
         groups, record, export = pruned.report.records
         row.update({f"{prefix}macs_pruned": record.macs_after, f"{prefix}params_pruned": record.params_after,
                     f"{prefix}prune_max_rel_error": record.metrics.get("max_rel_error"),
@@ -132,7 +140,7 @@ def main(argv=None) -> int:
             int8 = "failed: " + r["latency_int8_error"][:160] if "latency_int8_error" in r else "passed"
             int8_ms = f"{lat['latency_int8']:.1f}" if "latency_int8" in lat else "-"
             speedup = r.get("latency_speedup_pruned_int8", r["latency_speedup_pruned_fp32"])
-            print(f"| {r['model']}, target_latency={args.target_latency} | {r['capture']['method']} | "
+            print(f"| {r['model']}, target_latency={r['latency_target']['target_latency']} | {r['capture']['method']} | "
                   f"{r['macs'] / 1e9:.2f}G -> {r['latency_macs_pruned'] / 1e9:.2f}G "
                   f"({r['latency_macs_pruned'] / r['macs']:.0%}) | "
                   f"{r['params'] / 1e6:.2f}M -> {r['latency_params_pruned'] / 1e6:.2f}M | "
