@@ -104,6 +104,20 @@ def run_model(name: str, args, work: str) -> dict:
     return row
 
 
+def table_row(r: dict, kind: str, prefix: str, label: str) -> str:
+    """One Markdown row: the model pruned as `kind` ("pruned": half the MACs, "latency": to the latency target),
+    its fields stored under `prefix`."""
+    lat = r["latency_ms_b1"]
+    int8 = "failed: " + r[f"{prefix}int8_error"][:160] if f"{prefix}int8_error" in r else "passed"
+    int8_ms = f"{lat[f'{kind}_int8']:.1f}" if f"{kind}_int8" in lat else "-"
+    speedup = r.get(f"{prefix}speedup_pruned_int8", r[f"{prefix}speedup_pruned_fp32"])
+    macs = r[f"{prefix}macs_pruned"]
+    return (f"| {label} | {r['capture']['method']} | {r['macs'] / 1e9:.2f}G -> {macs / 1e9:.2f}G "
+            f"({macs / r['macs']:.0%}) | {r['params'] / 1e6:.2f}M -> {r[f'{prefix}params_pruned'] / 1e6:.2f}M | "
+            f"{r[f'{prefix}prune_max_rel_error']:.1e} | {r[f'{prefix}onnx_max_rel_error']:.1e} | {int8} | "
+            f"{lat['fp32']:.1f} | {lat[f'{kind}_fp32']:.1f} | {int8_ms} | {speedup:.2f}x |")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="*", default=["yolov8n", "yolo11n"])
@@ -132,24 +146,10 @@ def main(argv=None) -> int:
         if "error" in r:
             print(f"| {r['model']} | failed: {r['error']} |")
             continue
-        lat = r["latency_ms_b1"]
-        int8 = "failed: " + r["int8_error"][:160] if "int8_error" in r else "passed"
-        int8_ms = f"{lat['pruned_int8']:.1f}" if "pruned_int8" in lat else "-"
-        speedup = r.get("speedup_pruned_int8", r["speedup_pruned_fp32"])
-        print(f"| {r['model']} | {r['capture']['method']} | {r['macs'] / 1e9:.2f}G -> {r['macs_pruned'] / 1e9:.2f}G | "
-              f"{r['params'] / 1e6:.2f}M -> {r['params_pruned'] / 1e6:.2f}M | {r['prune_max_rel_error']:.1e} | "
-              f"{r['onnx_max_rel_error']:.1e} | {int8} | {lat['fp32']:.1f} | {lat['pruned_fp32']:.1f} | {int8_ms} | "
-              f"{speedup:.2f}x |")
+        print(table_row(r, "pruned", "", r["model"]))
         if "latency_macs_pruned" in r:
-            int8 = "failed: " + r["latency_int8_error"][:160] if "latency_int8_error" in r else "passed"
-            int8_ms = f"{lat['latency_int8']:.1f}" if "latency_int8" in lat else "-"
-            speedup = r.get("latency_speedup_pruned_int8", r["latency_speedup_pruned_fp32"])
-            print(f"| {r['model']}, target_latency={r['latency_target']['target_latency']} | {r['capture']['method']} | "
-                  f"{r['macs'] / 1e9:.2f}G -> {r['latency_macs_pruned'] / 1e9:.2f}G "
-                  f"({r['latency_macs_pruned'] / r['macs']:.0%}) | "
-                  f"{r['params'] / 1e6:.2f}M -> {r['latency_params_pruned'] / 1e6:.2f}M | "
-                  f"{r['latency_prune_max_rel_error']:.1e} | {r['latency_onnx_max_rel_error']:.1e} | {int8} | "
-                  f"{lat['fp32']:.1f} | {lat['latency_fp32']:.1f} | {int8_ms} | {speedup:.2f}x |")
+            print(table_row(r, "latency", "latency_", f"{r['model']}, target_latency="
+                                                        f"{r['latency_target']['target_latency']}"))
     atomic_write_text(args.out, scrub_paths(json.dumps({"rows": rows, "size": args.size, "runs": args.runs,
                                             "provenance": provenance(ort_threads=2)}, indent=1, default=str)))
     return 0 if all("error" not in r and "int8_error" not in r and "latency_int8_error" not in r for r in rows) else 1
