@@ -27,7 +27,7 @@ from ..core.verify import as_float64, compare_exact, evaluating, float64_check, 
 from ..graph.keys import output_keys
 from ..graph.tracing import propagate_shapes
 from ..ops.registry import RESIZE
-from .compensate import add_to_biases, zeroed_run
+from .compensate import add_to_biases, explain_inexact, zeroed_run
 from .groups import PRODUCER, ChannelGroupsResult
 from .state import PruneState, keep_masks, normalize_plan
 
@@ -157,8 +157,8 @@ def prune(gm: fx.GraphModule, result: ChannelGroupsResult, plan: Mapping, exampl
     # the reference first: the unpruned model's run needs the most memory for activations, which the
     # pruned model's tensors and runs then reuse rather than adding to
     # one run gives both the reference and the constants reaching removed channels (prune/compensate.py)
-    reference, constants = zeroed_run(gm, result, norm, example_inputs,
-                                      zero_removed(gm, result, norm, float64_check()), need_outputs=verify)
+    reference, constants, unabsorbed = zeroed_run(gm, result, norm, example_inputs,
+                                                  zero_removed(gm, result, norm, float64_check()), need_outputs=verify)
     new = apply_plan(gm, result, norm)
     metrics = {"groups_pruned": len(norm),
                "units_removed": int(sum(result.groups[g].size - len(k) for g, k in norm.items())),
@@ -168,7 +168,10 @@ def prune(gm: fx.GraphModule, result: ChannelGroupsResult, plan: Mapping, exampl
         metrics["biases_compensated"] = add_to_biases(new, gm, constants, keep_masks(result, norm))
     if verify:
         check_shapes(new, result, keep_masks(result, norm), example_inputs)
-        metrics.update(verify_exactness(gm, new, result, norm, example_inputs, reference))
+        try:
+            metrics.update(verify_exactness(gm, new, result, norm, example_inputs, reference))
+        except VerificationError as e:
+            raise VerificationError(f"{e}{explain_inexact(unabsorbed, gm)}") from e
     return new, metrics
 
 

@@ -7,7 +7,7 @@ w drops w * k from every output. For a consumer that sees k at every position (a
 ungrouped convolution) that is a constant per output: added to its bias, the pruned model computes exactly
 what the unpruned model with the removed channels zeroed computes, which `verify_exactness` then checks.
 
-    reference, constants = zeroed_run(gm, result, plan, example_inputs, substitute)   # {consumer: (positions, k)}
+    reference, constants, unabsorbed = zeroed_run(gm, result, plan, example_inputs, substitute)
     add_to_biases(new, gm, constants, masks)
 """
 from __future__ import annotations
@@ -36,18 +36,21 @@ def _absorbs_constant(m: nn.Module) -> bool:
     return m.padding == "valid" if isinstance(m.padding, str) else not any(m.padding)
 
 
-def _sites(gm: fx.GraphModule, result: ChannelGroupsResult, plan) -> Dict[str, np.ndarray]:
-    """consumer module name -> the input positions the plan removes (consumers that can absorb a constant)."""
-    sites: Dict[str, set] = {}
+def _sites(gm: fx.GraphModule, result: ChannelGroupsResult, plan) -> Dict[str, Tuple[np.ndarray, bool, set]]:
+    """consumer module name -> (the input positions the plan removes, whether it can absorb a constant there,
+    the groups those positions belong to)."""
+    sites: Dict[str, Tuple[set, set]] = {}
     for gid, kept in plan.items():
         for m in result.groups[gid].members:
             if not m.is_param or m.role != CONSUMER or m.dim != 1 or not m.name.endswith(".weight"):
                 continue
-            owner = m.name.rsplit(".", 1)[0]
-            module = gm.get_submodule(owner)
-            if _absorbs_constant(module):
-                sites.setdefault(owner, set()).update(m.positions[~np.isin(m.units, kept)].tolist())
-    return {k: np.array(sorted(v)) for k, v in sites.items() if v}
+            removed = m.positions[~np.isin(m.units, kept)].tolist()
+            if removed:
+                positions, gids = sites.setdefault(m.name.rsplit(".", 1)[0], (set(), set()))
+                positions.update(removed)
+                gids.add(gid)
+    return {k: (np.array(sorted(pos)), _absorbs_constant(gm.get_submodule(k)), gids)
+            for k, (pos, gids) in sites.items()}
 
 
 class _Capture(_Substituted):
@@ -58,7 +61,7 @@ class _Capture(_Substituted):
         self.sites, self.seen = sites, {}
 
     def call_module(self, target, args, kwargs):
-        pos = self.sites.get(target)
+        pos = self.sites[target][0] if target in self.sites else None
         if pos is not None and args and isinstance(args[0], torch.Tensor):
             x = args[0]
             dim = x.dim() - 1 if isinstance(self.fetch_attr(target), nn.Linear) else 1
@@ -68,26 +71,45 @@ class _Capture(_Substituted):
 
 
 def zeroed_run(gm: fx.GraphModule, result: ChannelGroupsResult, plan, inputs, substitute: Callable,
-               need_outputs: bool = True) -> Tuple[object, Dict[str, Tuple[np.ndarray, torch.Tensor]]]:
+               need_outputs: bool = True) -> Tuple[object, Dict[str, Tuple[np.ndarray, torch.Tensor]], Dict[str, dict]]:
     """One run of the zeroed model (`substitute` zeroes the removed producers): (its outputs, the reference
     of the exactness check; {consumer: (removed input positions, their constant values)} where it feeds a
-    consumer non-zero constants on removed channels). Without consumers to look at and `need_outputs`
-    False, nothing runs: (None, {})."""
+    consumer that can absorb them non-zero constants on removed channels; {consumer: {"groups", "max_abs"}}
+    where removed channels reach a consumer that cannot absorb them (a padded or grouped convolution) as
+    non-zero values, which no bias can stand in for: what `explain_inexact` names when the exactness check
+    fails). Without consumers to look at and `need_outputs` False, nothing runs: (None, {}, {})."""
     sites = _sites(gm, result, plan)
     if not sites and not need_outputs:
-        return None, {}
+        return None, {}, {}
     capture = _Capture(gm, substitute, sites)
     with evaluating(gm), torch.no_grad():
         outputs = capture.run(*inputs)
-    constants = {}
+    constants, unabsorbed = {}, {}
     for target, chunks in capture.seen.items():
         values = torch.cat(chunks).double()
+        positions, absorbs, gids = sites[target]
+        if not absorbs:
+            if values.numel() and values.abs().max() > 0:
+                unabsorbed[target] = {"groups": sorted(gids), "max_abs": float(values.abs().max())}
+            continue
         k = values[0]
         spread = (values - k).abs().amax(0)
         constant = spread <= 1e-6 * (1 + k.abs())
         if len(chunks) == 1 and constant.all() and k.abs().max() > 0:   # called once, the same everywhere
-            constants[target] = (sites[target], k)
-    return outputs, constants
+            constants[target] = (positions, k)
+    return outputs, constants, unabsorbed
+
+
+def explain_inexact(unabsorbed: Dict[str, dict], gm: fx.GraphModule) -> str:
+    """Why a removal is not exact, when removed channels reach consumers that cannot absorb them."""
+    if not unabsorbed:
+        return ""
+    parts = [f"{target} ({type(gm.get_submodule(target)).__name__}, groups {info['groups']}, values up to "
+             f"{info['max_abs']:.3g})" for target, info in list(unabsorbed.items())[:3]]
+    return ("; the removed channels are not zero where they are consumed: something between their producers "
+            "and " + ", ".join(parts) + " adds a constant (a learnable bias or affine shift), and a padded or "
+            "grouped convolution sees it only away from its borders, so no bias can stand in for it. Leave "
+            "those groups unpruned (the pass's ignore= option, naming one of their modules)")
 
 
 def add_to_biases(new: fx.GraphModule, old: fx.GraphModule, constants, masks) -> int:

@@ -35,7 +35,10 @@ def test_constant_on_removed_channels_moves_into_the_bias(kind, shape):
     assert result.model.fc2.weight.shape[1] == 16 and model.fc2.weight.shape[1] == 32   # the user's model kept
 
 
-def test_padded_convolution_is_not_compensated():
+def test_padded_convolution_is_not_compensated_and_the_error_names_it():
     model, x = StarMlp("padded").eval(), torch.randn(2, 8, 6, 6)
-    with pytest.raises(VerificationError, match="removed channels zeroed"):
+    with pytest.raises(VerificationError, match="removed channels zeroed") as info:
         fxcompress.compile(model, [MagnitudePrune(0.5)], x, progress=False)
+    # the removed channels reach fc2 as the StarReLU's bias, 0.3: the error says where and what to do
+    message = str(info.value)
+    assert "fc2 (Conv2d, groups [" in message and "values up to 0.3" in message and "ignore=" in message
