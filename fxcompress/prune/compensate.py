@@ -54,19 +54,24 @@ def _sites(gm: fx.GraphModule, result: ChannelGroupsResult, plan) -> Dict[str, T
 
 
 class _Capture(_Substituted):
-    """Runs the zeroed model and records the removed input channels of each consumer."""
+    """Runs the zeroed model and records, at each consumer, the removed input channels (consumers that can
+    absorb a constant) or only their largest magnitude (the others: a diagnosis needs no more, and keeping
+    every consumer's removed activations would hold about half the model's activations)."""
 
     def __init__(self, gm, substitute, sites):
         super().__init__(gm, substitute)
-        self.sites, self.seen = sites, {}
+        self.sites, self.seen, self.largest = sites, {}, {}
 
     def call_module(self, target, args, kwargs):
-        pos = self.sites[target][0] if target in self.sites else None
-        if pos is not None and args and isinstance(args[0], torch.Tensor):
+        if target in self.sites and args and isinstance(args[0], torch.Tensor):
+            pos, absorbs, _ = self.sites[target]
             x = args[0]
             dim = x.dim() - 1 if isinstance(self.fetch_attr(target), nn.Linear) else 1
-            values = x.detach().index_select(dim, torch.from_numpy(pos).to(x.device)).movedim(dim, -1)
-            self.seen.setdefault(target, []).append(values.reshape(-1, len(pos)))
+            values = x.detach().index_select(dim, torch.from_numpy(pos).to(x.device))
+            if absorbs:
+                self.seen.setdefault(target, []).append(values.movedim(dim, -1).reshape(-1, len(pos)))
+            elif values.numel():
+                self.largest[target] = max(self.largest.get(target, 0.0), float(values.abs().max()))
         return super().call_module(target, args, kwargs)
 
 
@@ -84,19 +89,16 @@ def zeroed_run(gm: fx.GraphModule, result: ChannelGroupsResult, plan, inputs, su
     capture = _Capture(gm, substitute, sites)
     with evaluating(gm), torch.no_grad():
         outputs = capture.run(*inputs)
-    constants, unabsorbed = {}, {}
+    unabsorbed = {target: {"groups": sorted(sites[target][2]), "max_abs": largest}
+                  for target, largest in capture.largest.items() if largest > 0}
+    constants = {}
     for target, chunks in capture.seen.items():
         values = torch.cat(chunks).double()
-        positions, absorbs, gids = sites[target]
-        if not absorbs:
-            if values.numel() and values.abs().max() > 0:
-                unabsorbed[target] = {"groups": sorted(gids), "max_abs": float(values.abs().max())}
-            continue
         k = values[0]
         spread = (values - k).abs().amax(0)
         constant = spread <= 1e-6 * (1 + k.abs())
         if len(chunks) == 1 and constant.all() and k.abs().max() > 0:   # called once, the same everywhere
-            constants[target] = (positions, k)
+            constants[target] = (sites[target][0], k)
     return outputs, constants, unabsorbed
 
 
