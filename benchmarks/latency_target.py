@@ -10,7 +10,8 @@ plan (MagnitudePrune's search for --target of the unpruned latency) and random w
 [0.25, 1] of each group, seeded). Measured latency is fxcompress.latency.measure's (threads pinned to
 distinct CPUs): the lower of the window's fastest interleaved end-to-end run and its profiled estimate (each
 node's fastest run), both recorded; fractions are of the unpruned model measured in the same window,
-medians over windows. The error is predicted / measured - 1.
+medians over windows. The error is predicted / measured - 1; "one point" is the prediction without the
+latency model's second calibration model (LatencyModel.one_point: times in proportion to the tables).
 
     python benchmarks/latency_target.py --models resnet20 --runtimes fp32,int8 --batches 1,32
     python benchmarks/latency_target.py --models resnet18 --batches 1        # parts merge into one JSON
@@ -87,10 +88,11 @@ def run_setting(name, model, x, gm, groups, runtime: Runtime, args) -> dict:
         prunable = groups.prunable()
         scores = magnitude_scores(gm, groups, prunable)
         plans = variants(lm, gm, groups, scores, args.target, args.round_to)
-        predicted = {"unpruned": 1.0}
+        predicted, one_point = {"unpruned": 1.0}, {"unpruned": 1.0}
         for i, (variant, plan) in enumerate(plans.items()):
             paths[variant] = export_for(apply_plan(gm, groups, plan), (x,), runtime, os.path.join(tmp, f"v{i}.onnx"))
             predicted[variant] = lm.fraction(lm.masks(plan))
+            one_point[variant] = lm.one_point().fraction(lm.masks(plan))
         windows = [measure(paths, runtime, (x,), budget_s=args.budget) for _ in range(args.windows)]
     rows = []
     for variant in paths:
@@ -98,6 +100,7 @@ def run_setting(name, model, x, gm, groups, runtime: Runtime, args) -> dict:
                      for stat in ("ms", "wall_ms", "quiet_ms")}
         measured = statistics.median(fractions["ms"])
         rows.append({"variant": variant, "predicted": predicted[variant], "measured": measured,
+                     "predicted_one_point": one_point[variant], "error_one_point": one_point[variant] / measured - 1,
                      "measured_windows": fractions["ms"], "error": predicted[variant] / measured - 1,
                      "measured_wall": statistics.median(fractions["wall_ms"]),
                      "measured_quiet": statistics.median(fractions["quiet_ms"]),
@@ -112,8 +115,8 @@ def run_setting(name, model, x, gm, groups, runtime: Runtime, args) -> dict:
 
 def table(rows) -> str:
     lines = ["| model | runtime | batch | unpruned ms (wall / profiled) | variant | predicted | measured (3 windows) | "
-             "error | tables: points measured / cached, s |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "error | error, one point | tables: points measured / cached, s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lm = r["latency_model"]
         base = r["variants"][0]
@@ -121,7 +124,7 @@ def table(rows) -> str:
             lines.append(f"| {r['model']} | {r['runtime'].split('-')[1].upper()} | {r['batch']} | "
                          f"{base['wall_ms']:.2f} / {base['quiet_ms']:.2f} | {v['variant']} | {v['predicted']:.3f} | "
                          f"{v['measured']:.3f} ({', '.join(f'{m:.3f}' for m in v['measured_windows'])}) | "
-                         f"{100 * v['error']:+.1f}% | "
+                         f"{100 * v['error']:+.1f}% | {100 * v.get('error_one_point', float('nan')):+.1f}% | "
                          f"{lm['table_points_measured']} / {lm['table_points_cached']}, {lm['table_seconds']:.0f} |")
     return "\n".join(lines)
 

@@ -10,8 +10,17 @@ at its fastest, the profiler's own cost taken out), which splits that time as:
   activations outside the layers under the plan;
 - the rest (scheduling, allocation, layer kernels no layer matched): fixed.
 
-    predicted_ms(plan) = measured_ms x (sum_l layer_l x table_l(plan) + other x activations(plan) + fixed)
-                         (layer_l, other, fixed: fractions of the profiled unpruned run; activations relative to it)
+A layer in the model is not the layer alone: its kernel reads what the layer before just wrote, and at
+batch 1 a kernel carries a cost that does not shrink with its widths. So a second model, every prunable
+group at `CALIBRATION_KEEP` of its width, is profiled beside the unpruned one, and each layer's time in
+context is fitted as an affine function of its table through the two points (`offset + slope x table`,
+the offset bounded); the other kernels likewise as `offset + slope x activations`. (resnet18 INT8 at
+batch 1: layer1's convs halved run at 0.37 of full width in the model where their table says 0.31;
+mobilenet_v2's input Transpose and Pad do not shrink at all.)
+
+    predicted_ms(plan) = measured_ms x (sum_l [offset_l + slope_l x table_l(plan)] + other_offset
+                                        + other_slope x activations(plan) + fixed)
+                         (fractions of the profiled unpruned run; activations relative to it)
 
     lm = LatencyModel.build(gm, groups_result, example_inputs, Runtime("onnxruntime-int8", 2, 32), round_to=8)
     lm.predict_ms({group_id: kept_units, ...})      # a plan, as MagnitudePrune and PruneChannels take it
@@ -19,10 +28,11 @@ at its fastest, the profiler's own cost taken out), which splits that time as:
 """
 from __future__ import annotations
 
+import copy
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 
 import numpy as np
@@ -31,9 +41,14 @@ import torch.fx as fx
 
 from ..graph.keys import output_keys
 from ..graph.macs import node_macs
+from ..prune.apply import apply_plan
 from ..prune.groups import ChannelGroupsResult, Dim
 from ..prune.state import normalize_plan
 from .attribute import CONV_OPS, LINEAR_OPS, attribute
+
+CALIBRATION_KEEP = 0.75    # the second calibration model: every prunable group at about this fraction of its width
+MIN_TABLE_CHANGE = 0.1     # a layer whose table moves less between the two points keeps the one-point scaling
+OFFSET_BOUNDS = (-0.5, 0.8)   # a layer's fitted offset, as a fraction of its time at full width
 from .layers import DimWidths, Layer, find_layers
 from .runtime import Runtime, export_for, measure
 from .table import LatencyTables, LayerTable, lowest_width, period, sample_widths
@@ -48,18 +63,31 @@ class Activation:
 
 @dataclass
 class Calibration:
-    """The unpruned model: its end-to-end time, and its profiled run split into fractions (module docstring)."""
+    """The unpruned model: its end-to-end time, and its profiled run split into fractions (module docstring).
+    `layers` and `other` are the slopes, `layer_offsets` and `other_offset` the offsets of the two-point fit
+    (0 without a second point: the time scales in proportion)."""
     measured_ms: float                                       # runtime.measure's Measurement.ms
     layers: Dict[str, float] = field(default_factory=dict)   # layer node -> fraction of the run
     other: float = 0.0
     fixed: float = 0.0
     quiet_ms: float = 0.0                                    # the profiled estimate beside it
     unmatched_layers: List[str] = field(default_factory=list)
+    layer_offsets: Dict[str, float] = field(default_factory=dict)
+    other_offset: float = 0.0
+    second_point: dict = field(default_factory=dict)         # the calibration model's plan and fit, reported
+
+    @property
+    def constant(self) -> float:
+        """What no plan changes: the fixed part and the other kernels' offset."""
+        return self.fixed + self.other_offset
 
     def to_dict(self) -> dict:
         return {"measured_ms": self.measured_ms, "quiet_ms": self.quiet_ms,
-                "layers_fraction": sum(self.layers.values()), "other_fraction": self.other,
-                "fixed_fraction": self.fixed, "unmatched_layers": self.unmatched_layers}
+                "layers_fraction": sum(self.layers.values()) + sum(self.layer_offsets.values()),
+                "layers_offset_fraction": sum(self.layer_offsets.values()),
+                "other_fraction": self.other + self.other_offset, "other_offset_fraction": self.other_offset,
+                "fixed_fraction": self.fixed, "unmatched_layers": self.unmatched_layers,
+                "second_point": self.second_point}
 
 
 class LatencyModel:
@@ -78,11 +106,12 @@ class LatencyModel:
     def build(cls, gm: fx.GraphModule, result: ChannelGroupsResult, example_inputs: Sequence[torch.Tensor],
               runtime: Runtime, *, groups: Optional[Iterable[int]] = None, round_to: int = 1, min_channels: int = 1,
               points: int = 6, runs: int = 10, measure_runs: int = 20, measure_budget_s: float = 4.0,
-              progress: bool = True,
+              progress: bool = True, second_point: bool = True,
               unpruned_path: Optional[str] = None, tables: Optional[LatencyTables] = None) -> "LatencyModel":
         """Tables for every layer (the widths of dims that `groups` may prune sampled with `points` per axis;
         all prunable groups when None; `runs`: at least that many timed rounds per table point) and the
-        unpruned model measured (at least `measure_runs` rounds, more within `measure_budget_s`).
+        unpruned model measured (at least `measure_runs` rounds, more within `measure_budget_s`), beside the
+        second calibration model unless `second_point` is False (module docstring).
         `unpruned_path`: where to keep the unpruned model's file (a temporary file when None)."""
         start = time.perf_counter()
         layers, skipped = find_layers(gm, result)
@@ -99,22 +128,30 @@ class LatencyModel:
         model = cls(runtime, layers, tables.tables(wanted, progress), widths, _activations(gm, result, layers, widths),
                     skipped)
         table_seconds = time.perf_counter() - start
+        plan = calibration_plan(result, free, round_to, min_channels) if second_point else {}
         with tempfile.TemporaryDirectory(prefix="fxcompress_latency_") as tmp:
-            path = unpruned_path or os.path.join(tmp, "unpruned.onnx")
-            export_for(gm, example_inputs, runtime, path)
-            model.calibrate(path, example_inputs, node_macs(gm), measure_runs, measure_budget_s)
+            paths = {"unpruned": export_for(gm, example_inputs, runtime,
+                                            unpruned_path or os.path.join(tmp, "unpruned.onnx"))}
+            if plan:
+                paths["calibration"] = export_for(apply_plan(gm, result, plan), example_inputs, runtime,
+                                                  os.path.join(tmp, "calibration.onnx"))
+            model.calibrate(paths, example_inputs, node_macs(gm), measure_runs, measure_budget_s, plan)
         model.stats = {"table_points_measured": tables.misses, "table_points_cached": tables.hits,
                        "table_seconds": table_seconds, "build_seconds": time.perf_counter() - start}
         return model
 
-    def calibrate(self, path: str, example_inputs: Sequence[torch.Tensor], macs: Mapping[str, int],
-                  runs: int = 20, budget_s: float = 4.0) -> Calibration:
-        """Measure the unpruned model's file (runtime.measure) and split its profile (module docstring); `macs`:
-        MACs per fx node (shares a time among layers onnxruntime's profile cannot tell apart)."""
-        m = measure({"model": path}, self.runtime, example_inputs, runs=runs, budget_s=budget_s)["model"]
+    def calibrate(self, paths: Mapping[str, str], example_inputs: Sequence[torch.Tensor], macs: Mapping[str, int],
+                  runs: int = 20, budget_s: float = 4.0, plan: Optional[Mapping] = None) -> Calibration:
+        """Measure the unpruned model's file (paths["unpruned"]; a str: that file) and split its profile
+        (module docstring); with paths["calibration"], the model pruned by `plan`, timed beside it, fit each
+        layer's and the other kernels' offset. `macs`: MACs per fx node (shares a time among layers
+        onnxruntime's profile cannot tell apart)."""
+        paths = {"unpruned": paths} if isinstance(paths, str) else dict(paths)
+        ms = measure(paths, self.runtime, example_inputs, runs=runs, budget_s=budget_s)
+        m = ms["unpruned"]
         nodes = m.profile.nodes
         ctx, unmatched = attribute(self.layers, nodes, self.runtime.batch, macs)
-        other = sum(n.ms for n in nodes if n.op not in CONV_OPS and n.op not in LINEAR_OPS)
+        other = _other_ms(nodes)
         # fractions of the profiled run (its nodes, the profiler's cost taken out, and its overhead): the
         # fastest end-to-end run is slower than the nodes' fastest times added up by disturbances in
         # proportion to the time, which a fixed part would keep after pruning (resnet18 INT8 at batch 32:
@@ -123,7 +160,45 @@ class LatencyModel:
         self.calibration = Calibration(m.ms, {k: v / total for k, v in ctx.items()}, other / total,
                                        (unmatched + m.profile.overhead_ms) / total, m.quiet_ms,
                                        [l.module for l in self.layers if ctx.get(l.node, 0.0) <= 0.0])
+        if "calibration" in ms:
+            self._fit_second_point(ms["calibration"], m, total, self.masks(plan or {}), macs)
         return self.calibration
+
+    def _fit_second_point(self, second, unpruned, total: float, keep: Mapping[int, np.ndarray],
+                          macs: Mapping[str, int]) -> None:
+        """Offsets and slopes through the unpruned model and the calibration model `second` (module docstring)."""
+        c = self.calibration
+        self.one_point_calibration = copy.deepcopy(c)
+        one_point = self.fraction(keep)
+        at = [replace(l, spec=l.spec.at(*self.layer_widths(l, keep))) for l in self.layers]
+        ctx, _ = attribute(at, second.profile.nodes, self.runtime.batch, macs)
+        fitted = 0
+        for l in self.layers:
+            full, there = c.layers.get(l.node, 0.0), ctx.get(l.node, 0.0) / total
+            table, widths = self.tables[l.node], self.layer_widths(l, keep)
+            t = table(*widths)
+            block = table.period_out   # a width off the block its full width is on: not this layer's fit
+            off = block and any((w - s) % block for w, s in zip(widths, (l.spec.cin, l.spec.cout)))
+            if full <= 0 or there <= 0 or abs(1 - t) < MIN_TABLE_CHANGE or off:
+                continue
+            offset = float(np.clip(full - (full - there) / (1 - t), OFFSET_BOUNDS[0] * full, OFFSET_BOUNDS[1] * full))
+            c.layer_offsets[l.node], c.layers[l.node] = offset, full - offset
+            fitted += 1
+        r = self.activation_ratio(keep)
+        there = _other_ms(second.profile.nodes) / total
+        if c.other > 0 and 1 - r >= MIN_TABLE_CHANGE:
+            c.other_offset = float(np.clip(c.other - (c.other - there) / (1 - r), 0.0, c.other))
+            c.other -= c.other_offset
+        c.second_point = {"keep": CALIBRATION_KEEP, "groups": len(keep), "measured": second.ms / unpruned.ms,
+                          "predicted_one_point": one_point, "predicted": self.fraction(keep),
+                          "layers_fitted": fitted, "layers": len(self.layers)}
+
+    def one_point(self) -> "LatencyModel":
+        """This model as it predicts without the second calibration point (the times in proportion to the
+        tables): to report what the second point changed."""
+        other = copy.copy(self)
+        other.calibration = getattr(self, "one_point_calibration", self.calibration)
+        return other
 
     # ---- prediction
     def masks(self, plan: Mapping) -> Dict[int, np.ndarray]:
@@ -138,10 +213,17 @@ class LatencyModel:
     def layer_widths(self, layer: Layer, keep: Mapping[int, np.ndarray]) -> tuple:
         return self.widths.width(layer.in_dim, keep), self.widths.width(layer.out_dim, keep)
 
+    def layer_share(self, layer: Layer, cin: int, cout: int) -> float:
+        """The layer's share of the unpruned model's time at widths (cin, cout): offset + slope x table."""
+        c = self.calibration
+        slope, offset = c.layers.get(layer.node, 0.0), c.layer_offsets.get(layer.node, 0.0)
+        if not slope and not offset:
+            return 0.0
+        return max(offset + slope * self.tables[layer.node](cin, cout), 0.0)
+
     def layer_fraction(self, layer: Layer, keep: Mapping[int, np.ndarray]) -> float:
         """The layer's share of the unpruned model's time, at the widths the masks leave it."""
-        share = self.calibration.layers.get(layer.node, 0.0)
-        return share * self.tables[layer.node](*self.layer_widths(layer, keep)) if share else 0.0
+        return self.layer_share(layer, *self.layer_widths(layer, keep))
 
     def activation_ratio(self, keep: Mapping[int, np.ndarray]) -> float:
         total = 0.0
@@ -156,7 +238,7 @@ class LatencyModel:
         """Predicted latency under the keep masks as a fraction of the unpruned model's."""
         c = self.calibration
         layers = sum(self.layer_fraction(l, keep) for l in self.layers)
-        return layers + c.other * self.activation_ratio(keep) + c.fixed
+        return layers + c.other * self.activation_ratio(keep) + c.constant
 
     def predict_ms(self, plan: Mapping = None, *, keep: Optional[Mapping[int, np.ndarray]] = None) -> float:
         """Predicted end-to-end latency of the model pruned by `plan` (or by boolean `keep` masks)."""
@@ -170,6 +252,30 @@ class LatencyModel:
         return {"runtime": self.runtime.name, "threads": self.runtime.threads, "batch": self.runtime.batch,
                 **self.calibration.to_dict(), "layers": len(self.layers), "layers_left_to_remainder": self.skipped,
                 **self.stats}
+
+
+def calibration_plan(result: ChannelGroupsResult, groups: Iterable[int], round_to: int = 1,
+                     min_channels: int = 1, keep: float = CALIBRATION_KEEP) -> Dict[int, np.ndarray]:
+    """The second calibration model's plan: each of `groups` (prunable) at about `keep` of its width, in
+    steps of the tables' period where it has one (a width on onnxruntime's channel block when the full
+    width is: off the block kernels behave otherwise, and a fit through such a width would carry that
+    behaviour to every width), else of round_to; the first channels (which ones does not change the time)."""
+    chosen, plan = set(groups), {}
+    for g in result.prunable():
+        if g.id not in chosen:
+            continue
+        lowest = lowest_width(g.size, round_to, min_channels)
+        for step in (period(round_to), round_to):
+            k = int(round(keep * g.size / step)) * step if step else 0
+            if lowest <= k < g.size:
+                plan[g.id] = np.arange(k)
+                break
+    return plan
+
+
+def _other_ms(nodes) -> float:
+    """The profiled time of the kernels that are not layers' (adds, pools, quantize, layout)."""
+    return sum(n.ms for n in nodes if n.op not in CONV_OPS and n.op not in LINEAR_OPS)
 
 
 def _activations(gm: fx.GraphModule, result: ChannelGroupsResult, layers: List[Layer],

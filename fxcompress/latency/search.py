@@ -89,8 +89,7 @@ class _State:
 
     def _layer(self, i: int, changed: Dict[Dim, int]) -> float:
         l = self.lm.layers[i]
-        share = self.lm.calibration.layers.get(l.node, 0.0)
-        return share * self.lm.tables[l.node](self._w(l.in_dim, changed), self._w(l.out_dim, changed)) if share else 0.0
+        return self.lm.layer_share(l, self._w(l.in_dim, changed), self._w(l.out_dim, changed))
 
     def _act(self, i: int, changed: Dict[Dim, int]) -> float:
         a = self.lm.activations[i]
@@ -100,7 +99,7 @@ class _State:
         return self.lm.calibration.other * f / self.lm.full_activation
 
     def fraction(self) -> float:
-        return sum(self.layer_share) + sum(self.act_share) + self.lm.calibration.fixed
+        return sum(self.layer_share) + sum(self.act_share) + self.lm.calibration.constant
 
     def trial(self, gid: int, keep: int) -> Tuple[float, Dict[Dim, int], Dict[int, float], Dict[int, float]]:
         """(fraction saved, changed widths, new layer shares, new activation shares) if group gid kept `keep`."""

@@ -121,7 +121,8 @@ def _locate(grid: np.ndarray, x: float, period: int = 0) -> Tuple[int, int, floa
 
 CHUNK = 12   # points timed in one interleaved batch, with the layer at full width
 # bumped whenever how a point is measured changes, so that tables measured otherwise are never mixed in
-METHOD_VERSION = 3   # 3: sessions timed while pinned really get a CPU per thread (timing._unpinned_cpus)
+METHOD_VERSION = 4   # 3: sessions timed while pinned really get a CPU per thread (timing._unpinned_cpus);
+                     # 4: each graph run twice back to back per round (timing.interleaved_kernel_ms)
 
 
 class LatencyTables:

@@ -24,7 +24,7 @@ def test_every_layer_is_found_and_matched_in_the_profile(which, request, tiny):
     c = lm.calibration
     assert c.unmatched_layers == []
     assert all(share > 0 for share in c.layers.values())
-    assert sum(c.layers.values()) + c.other + c.fixed == pytest.approx(1.0)
+    assert sum(c.layers.values()) + sum(c.layer_offsets.values()) + c.other + c.constant == pytest.approx(1.0)
     assert sum(c.layers.values()) > 0.5                # the convs dominate this model's time
     assert lm.predict_ms({}) == pytest.approx(lm.measured_ms)
 
