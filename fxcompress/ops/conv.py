@@ -6,15 +6,22 @@ and bias; input channels with the weight's input axis; depthwise convs prune who
 shrinks), other grouped convs the same position inside every group (groups stays). INT8: QLinearConv
 (int8 weight per output channel). BatchNorm folds into the weight's output axis.
 
-Canonical form: a convolution padding like TensorFlow's 'SAME' from its input's size (timm's `Conv2dSame`)
-becomes, for the traced input size, an nn.Conv2d with that padding (sharing the weight and bias), after an
-nn.ZeroPad2d where the padding is uneven (fxcompress/graph/canonical.py).
+Canonical forms (fxcompress/graph/canonical.py): a convolution padding like TensorFlow's 'SAME' from its
+input's size (timm's `Conv2dSame`) becomes, for the traced input size, an nn.Conv2d with that padding
+(sharing the weight and bias), after an nn.ZeroPad2d where the padding is uneven. A weight-standardized
+convolution (timm's `StdConv2d`, `ScaledStdConv2d` and their 'SAME' twins: NF-ResNets, NFNets, BiT)
+standardizes its weight over each filter's fan-in on every call, a function of the weight alone: it
+becomes the nn.Conv2d with the standardized weight it computes (a new parameter; the bias shared). Kept
+whole, no input channel could be removed (the statistics of every filter would change) and traced
+through, its F.batch_norm on the weight is an op no rule reads; rewritten, the layer prunes and folds as
+any conv. Training afterwards trains that conv directly, without standardizing again.
 """
 from __future__ import annotations
 
 import math
 
 import numpy as np
+import torch
 import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
@@ -157,3 +164,34 @@ def same_conv_canonical(m: nn.Conv2d, input_shape):
     if even:
         return [(None, conv)]
     return [("pad", nn.ZeroPad2d((pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))), (None, conv)]
+
+
+# ---- canonical form of weight-standardized convolutions
+_STANDARDIZED_CONVS = tuple(lazy("timm.layers", name) for name in
+                            ("StdConv2d", "StdConv2dSame", "ScaledStdConv2d", "ScaledStdConv2dSame"))
+
+
+def standardized_weight(m: nn.Conv2d) -> torch.Tensor:
+    """The weight m's forward convolves with: each filter standardized over its fan-in (as timm computes it:
+    F.batch_norm over the weight seen as one sample, times gain x scale for the scaled variants)."""
+    gain = (m.gain * m.scale).view(-1) if hasattr(m, "gain") else None
+    return F.batch_norm(m.weight.reshape(1, m.out_channels, -1), None, None, weight=gain, training=True,
+                        momentum=0.0, eps=m.eps).reshape_as(m.weight)
+
+
+@CANONICAL.register(*_STANDARDIZED_CONVS)
+def standardized_conv_canonical(m: nn.Conv2d, input_shape):
+    if getattr(m, "same_pad", False):   # the 'SAME' twins pad from the input's size, as Conv2dSame does
+        chain = same_conv_canonical(m, input_shape)
+        if isinstance(chain, str):
+            return chain
+        conv = chain[-1][1]
+    else:
+        conv = nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation, m.groups,
+                         m.bias is not None, device="meta")
+        conv.bias = m.bias
+        conv.train(m.training)
+        chain = [(None, conv)]
+    with torch.no_grad():
+        conv.weight = nn.Parameter(standardized_weight(m).detach().clone(), requires_grad=m.weight.requires_grad)
+    return chain

@@ -74,3 +74,48 @@ def test_a_wrong_canonical_form_is_caught():
             capture(model, (torch.randn(1, 3, 4, 4),))
     finally:
         del CANONICAL.modules[Doubled]
+
+
+class StandardizedBlock(nn.Module):
+    """NF-ResNet style: weight-standardized convs (one scaled with a learnable gain, one 'SAME'-padded), no
+    normalisation layer, a residual add."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = timm.layers.ScaledStdConv2d(3, 16, 3, padding=1, gain_init=1.0)
+        self.body = timm.layers.StdConv2d(16, 16, 3, padding=1, bias=True)
+        self.down = timm.layers.ScaledStdConv2dSame(16, 24, 3, stride=2)
+        self.head = nn.Linear(24, 5)
+        with torch.no_grad():
+            self.stem.gain.uniform_(0.5, 2.0)   # distinct per-filter gains: a wrong gain shows
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        x = torch.relu(x + self.body(x))
+        return self.head(self.down(x).mean((2, 3)))
+
+
+def test_weight_standardized_convs_become_plain_convs_exactly():
+    model, x = StandardizedBlock().eval(), torch.randn(2, 3, 16, 16)
+    gm, info = capture(model, (x,))
+    assert info["canonicalized"] == {"ScaledStdConv2d": 1, "StdConv2d": 1, "ScaledStdConv2dSame": 1}
+    convs = [gm.get_submodule(n.target) for n in gm.graph.nodes if n.op == "call_module"
+             and isinstance(gm.get_submodule(n.target), nn.Conv2d)]
+    assert [type(c) for c in convs] == [nn.Conv2d] * 3
+    torch.testing.assert_close(gm(x), model(x), rtol=1e-5, atol=1e-6)
+    # each filter of the new weight is the standardized one: zero mean, unit variance times gain x scale
+    stem = gm.get_submodule("stem").weight.detach().flatten(1)
+    gain = (model.stem.gain * model.stem.scale).detach().flatten()
+    torch.testing.assert_close(stem.mean(1), torch.zeros(16), atol=1e-6, rtol=0)
+    torch.testing.assert_close(stem.var(1, unbiased=False), gain ** 2, rtol=1e-4, atol=0)
+    assert gm.get_submodule("body").bias is model.body.bias   # the bias is shared, the weight is new
+    assert type(model.stem) is timm.layers.ScaledStdConv2d   # the user's model is untouched
+
+
+def test_weight_standardized_convs_prune_their_input_channels_exactly(tmp_path):
+    model, x = StandardizedBlock().eval(), torch.randn(2, 3, 16, 16)
+    result = fxcompress.compile(model, [ChannelGroups(), MagnitudePrune(0.5), ExportONNX(str(tmp_path / "m.onnx"))],
+                                x, progress=False)
+    convs = [m for m in result.model.modules() if isinstance(m, nn.Conv2d)]
+    # the residual stream (stem's and body's outputs) is halved, so body's and down's inputs are too
+    assert [(c.in_channels, c.out_channels) for c in convs] == [(3, 8), (8, 8), (8, 12)]

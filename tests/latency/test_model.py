@@ -5,11 +5,12 @@ import os
 import pytest
 import torch
 
-from fxcompress.latency import export_for, measure
+from fxcompress.latency import LatencyModel, Runtime, export_for, measure
 from fxcompress.latency.layers import find_layers
+from fxcompress.latency.model import calibration_plan
 from fxcompress.prune.apply import apply_plan
 from fxcompress.prune.plan import magnitude_scores, plan_from_scores
-from latency_models import X
+from latency_models import BATCH, X
 
 TOLERANCE = 0.25   # predicted vs measured fraction of the unpruned latency, on a machine shared with others
 WINDOWS = 3
@@ -63,3 +64,40 @@ def test_prediction_of_a_pruned_model_against_its_measured_latency(which, reques
             break
     assert abs(predicted / measured[-1] - 1) < TOLERANCE, (predicted, measured)
     assert all(os.path.getsize(p) > 0 for p in paths.values())
+
+
+def test_the_calibration_plan_keeps_widths_on_the_channel_block(tiny):
+    _, _, groups = tiny
+    plan = calibration_plan(groups, [g.id for g in groups.prunable()], round_to=8)
+    widths = {groups.groups[gid].size: len(kept) for gid, kept in plan.items()}
+    # 64 channels: 3/4 is 48, on the block of 16; 32: 24 rounds to the block's 32 (no change), so round_to's 24
+    assert widths == {64: 48, 32: 24}
+    assert calibration_plan(groups, [], round_to=8) == {}
+
+
+@pytest.mark.parametrize("which", ["tiny_fp32", "tiny_int8"])
+def test_the_second_point_fits_bounded_offsets_and_keeps_the_unpruned_time(which, request):
+    lm = request.getfixturevalue(which)
+    c = lm.calibration
+    point = c.second_point
+    assert point["keep"] == 0.75 and point["groups"] == 2 and 0.3 < point["measured"] < 1.0
+    assert 0 <= point["layers_fitted"] <= point["layers"] == 4
+    assert len(c.layer_offsets) == point["layers_fitted"]
+    one = lm.one_point().calibration
+    for node, offset in c.layer_offsets.items():
+        full = one.layers[node]
+        assert -0.5 * full - 1e-12 <= offset <= 0.8 * full + 1e-12
+        assert c.layers[node] + offset == pytest.approx(full)   # the unpruned model's time is kept
+    assert 0 <= c.other_offset <= one.other + 1e-12
+    assert lm.fraction({}) == pytest.approx(1.0) and lm.one_point().fraction({}) == pytest.approx(1.0)
+    assert one.layer_offsets == {} and one.other_offset == 0.0
+    assert lm.one_point().fraction(lm.masks({})) == pytest.approx(1.0)
+
+
+def test_without_a_second_point_times_scale_in_proportion(tiny):
+    _, gm, groups = tiny   # the latency cache: this folder's temporary one (conftest.latency_cache)
+    lm = LatencyModel.build(gm, groups, (X,), Runtime("onnxruntime-fp32", 2, BATCH), round_to=8, points=3,
+                            runs=5, measure_runs=5, measure_budget_s=0.5, progress=False, second_point=False)
+    c = lm.calibration
+    assert c.layer_offsets == {} and c.other_offset == 0.0 and c.second_point == {}
+    assert lm.one_point() is not lm and lm.one_point().calibration is c
