@@ -11,8 +11,7 @@ plan (MagnitudePrune's search for --target of the unpruned latency) and random w
 distinct CPUs): the lower of the window's fastest interleaved end-to-end run and its profiled estimate (each
 node's fastest run), both recorded; fractions are of the unpruned model measured in the same window,
 medians over windows. The error is predicted / measured - 1; "one point" is the prediction without the
-latency model's second calibration model (LatencyModel.one_point: times in proportion to the tables),
-"signed offsets" its fit allowing negative offsets (LatencyModel.refit(SIGNED_OFFSET_BOUNDS)).
+latency model's second calibration model (LatencyModel.one_point: times in proportion to the tables).
 
     python benchmarks/latency_target.py --models resnet20 --runtimes fp32,int8 --batches 1,32
     python benchmarks/latency_target.py --models resnet18 --batches 1        # parts merge into one JSON
@@ -38,7 +37,6 @@ from tqdm.auto import tqdm
 from fxcompress.core.files import atomic_write_text
 from fxcompress.latency import (LatencyModel, LatencyUnreachable, Runtime, export_for, latency_plan, measure,
                                 traced_groups)
-from fxcompress.latency.model import SIGNED_OFFSET_BOUNDS
 from fxcompress.models import get_model
 from fxcompress.models.random_init import recalibrate_batchnorm
 from fxcompress.prune.apply import apply_plan
@@ -90,12 +88,11 @@ def run_setting(name, model, x, gm, groups, runtime: Runtime, args) -> dict:
         prunable = groups.prunable()
         scores = magnitude_scores(gm, groups, prunable)
         plans = variants(lm, gm, groups, scores, args.target, args.round_to)
-        predicted, one_point, signed = {"unpruned": 1.0}, {"unpruned": 1.0}, {"unpruned": 1.0}
+        predicted, one_point = {"unpruned": 1.0}, {"unpruned": 1.0}
         for i, (variant, plan) in enumerate(plans.items()):
             paths[variant] = export_for(apply_plan(gm, groups, plan), (x,), runtime, os.path.join(tmp, f"v{i}.onnx"))
             predicted[variant] = lm.fraction(lm.masks(plan))
             one_point[variant] = lm.one_point().fraction(lm.masks(plan))
-            signed[variant] = lm.refit(SIGNED_OFFSET_BOUNDS).fraction(lm.masks(plan))
         windows = [measure(paths, runtime, (x,), budget_s=args.budget) for _ in range(args.windows)]
     rows = []
     for variant in paths:
@@ -104,7 +101,6 @@ def run_setting(name, model, x, gm, groups, runtime: Runtime, args) -> dict:
         measured = statistics.median(fractions["ms"])
         rows.append({"variant": variant, "predicted": predicted[variant], "measured": measured,
                      "predicted_one_point": one_point[variant], "error_one_point": one_point[variant] / measured - 1,
-                     "predicted_signed_offsets": signed[variant], "error_signed_offsets": signed[variant] / measured - 1,
                      "measured_windows": fractions["ms"], "error": predicted[variant] / measured - 1,
                      "measured_wall": statistics.median(fractions["wall_ms"]),
                      "measured_quiet": statistics.median(fractions["quiet_ms"]),

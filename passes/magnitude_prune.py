@@ -91,32 +91,44 @@ class MagnitudePrune(TransformPass):
             f"min_channels={self.min_channels}). Choose target_macs >= {reachable}, or lower "
             f"round_to/min_channels, or ignore fewer modules.")
 
+    def _plan(self, ctx, result, groups, scores) -> tuple:
+        """(ratio, plan, its predicted MACs or None) by the ratio, or searched for target_macs."""
+        def make_plan(ratio):
+            return plan_from_scores(groups, scores, ratio, self.round_to, self.global_ranking, self.min_channels)
+
+        if self.target_macs is None:
+            return self.ratio, make_plan(self.ratio), None
+        target = int(self.target_macs * ctx.flops().macs)
+        macs_of = PlanMacs(ctx.gm, result)
+        ratio, plan, macs = search_ratio(make_plan, macs_of, target)
+        if macs > target:  # search_ratio returns its best; going on would silently miss the target
+            raise self._unreachable(result, groups, macs, ctx.flops().macs)
+        if self.refine:
+            plan, macs = refine_to_target(plan, macs, groups, scores, self.round_to, macs_of, target)
+        return ratio, plan, macs
+
     def run(self, ctx) -> dict:
         result = ctx.get(ChannelGroups)
         groups = select_groups(ctx.gm, result, self.ignore, "MagnitudePrune")
         scores = magnitude_scores(ctx.gm, result, groups, self.norm)
 
-        def make_plan(ratio):
-            return plan_from_scores(groups, scores, ratio, self.round_to, self.global_ranking, self.min_channels)
-
-        ratio = self.ratio
         if self.latency is not None:
             ctx.gm, metrics = prune_to_latency(ctx.gm, result, groups, scores, ctx.example_inputs, self.latency,
                                                self.round_to, self.min_channels, ctx.progress)
             metrics["prunable_groups"] = len(groups)
             return metrics
-        if self.target_macs is not None:
-            target = int(self.target_macs * ctx.flops().macs)
-            macs_of = PlanMacs(ctx.gm, result)
-            ratio, plan, macs = search_ratio(make_plan, macs_of, target)
-            if macs > target:  # search_ratio returns its best; going on would silently miss the target
-                raise self._unreachable(result, groups, macs, ctx.flops().macs)
-            if self.refine and macs <= target:
-                plan, macs = refine_to_target(plan, macs, groups, scores, self.round_to, macs_of, target)
-        else:
-            plan, macs = make_plan(ratio), None
         params_before = sum(p.numel() for p in ctx.gm.parameters())
-        ctx.gm, metrics = prune(ctx.gm, result, plan, ctx.example_inputs)
+        whole: dict = {}
+        while True:   # groups that must stay whole (prune.apply): the MACs target is planned again without them
+            ratio, plan, macs = self._plan(ctx, result, [g for g in groups if g.id not in whole], scores)
+            new, metrics = prune(ctx.gm, result, plan, ctx.example_inputs)
+            found = metrics.get("groups_kept_whole", {})
+            whole.update(found)
+            if not found or macs is None:
+                break
+        if whole:
+            metrics["groups_kept_whole"] = whole
+        ctx.gm = new
         removed = 1 - sum(p.numel() for p in ctx.gm.parameters()) / max(params_before, 1)
         if removed < LITTLE_PRUNED and (ratio > 0 or self.target_macs is not None):
             # a model that barely prunes says so, with what fixes its largest groups

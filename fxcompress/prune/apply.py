@@ -7,7 +7,9 @@ conv groups, attention head dims) follow through the resize rules of `fxcompress
 node must have the shape the plan predicts, and the output must equal the old model's with the removed
 channels zeroed (`verify_exactness`). The old model's tensors are only ever read, the check included: it
 may be the user's model (the pruning passes declare `writes_in_place = False`, so the manager does not
-copy it first).
+copy it first). A group whose removed channels reach a padded or grouped convolution as non-zero values
+(a constant added between: no bias can stand in for it, prune/compensate.py) stays whole, and metrics
+name it with the reason (`groups_kept_whole`).
 
     new, metrics = prune(gm, groups_result, {group_id: kept_units, ...}, example_inputs)
 """
@@ -27,9 +29,11 @@ from ..core.verify import as_float64, compare_exact, evaluating, float64_check, 
 from ..graph.keys import output_keys
 from ..graph.tracing import propagate_shapes
 from ..ops.registry import RESIZE
-from .compensate import add_to_biases, explain_inexact, zeroed_run
+from .compensate import add_to_biases, explain_inexact, unabsorbed_reasons, zeroed_run
 from .groups import PRODUCER, ChannelGroupsResult
 from .state import PruneState, keep_masks, normalize_plan
+
+MAX_UNABSORBED_ROUNDS = 3   # re-plans leaving groups whole whose removed channels reach a consumer non-zero
 
 
 def _index(t: torch.Tensor, key, s: PruneState) -> torch.Tensor:
@@ -157,13 +161,27 @@ def prune(gm: fx.GraphModule, result: ChannelGroupsResult, plan: Mapping, exampl
     # the reference first: the unpruned model's run needs the most memory for activations, which the
     # pruned model's tensors and runs then reuse rather than adding to
     # one run gives both the reference and the constants reaching removed channels (prune/compensate.py)
-    reference, constants, unabsorbed = zeroed_run(gm, result, norm, example_inputs,
-                                                  zero_removed(gm, result, norm, float64_check()), need_outputs=verify)
+    kept_whole = {}
+    for round_ in range(MAX_UNABSORBED_ROUNDS + 1):
+        reference, constants, unabsorbed = zeroed_run(gm, result, norm, example_inputs,
+                                                      zero_removed(gm, result, norm, float64_check()),
+                                                      need_outputs=verify)
+        # removed channels reaching a padded or grouped conv as non-zero values (a learnable affine shift
+        # between: hgnetv2's LearnableAffineBlock): no removal of theirs can be exact, so their groups stay
+        # whole, reported, and the rest is pruned (once those are whole, others may show: a few rounds; the
+        # last round's plan is the one checked, and explained if it still fails)
+        blocked = {g for info in unabsorbed.values() for g in info["groups"]} & set(norm)
+        if not blocked or round_ == MAX_UNABSORBED_ROUNDS:
+            break
+        kept_whole.update(unabsorbed_reasons(unabsorbed, gm, blocked))
+        norm = {g: k for g, k in norm.items() if g not in blocked}
     new = apply_plan(gm, result, norm)
     metrics = {"groups_pruned": len(norm),
                "units_removed": int(sum(result.groups[g].size - len(k) for g, k in norm.items())),
                # kept widths by group id: enough to rebuild the plan (magnitude order) and to report it
                "group_widths": {int(g): len(k) for g, k in sorted(norm.items())}}
+    if kept_whole:
+        metrics["groups_kept_whole"] = kept_whole
     if constants:   # removed channels a constant reaches: moved into the consumers' biases
         metrics["biases_compensated"] = add_to_biases(new, gm, constants, keep_masks(result, norm))
     if verify:

@@ -114,6 +114,19 @@ def explain_inexact(unabsorbed: Dict[str, dict], gm: fx.GraphModule) -> str:
             "those groups unpruned (the pass's ignore= option, naming one of their modules)")
 
 
+def unabsorbed_reasons(unabsorbed: Dict[str, dict], gm: fx.GraphModule, groups) -> Dict[int, str]:
+    """{group id: why it stays whole} for the `groups` whose removed channels reach a consumer that cannot
+    absorb them (zeroed_run's third result)."""
+    out: Dict[int, str] = {}
+    for target, info in unabsorbed.items():
+        for g in info["groups"]:
+            if g in groups and g not in out:
+                out[g] = (f"removed channels reach {target} ({type(gm.get_submodule(target)).__name__}) as non-zero "
+                          f"values (up to {info['max_abs']:.3g}): a constant added on the way, which a padded or "
+                          f"grouped convolution sees only away from its borders")
+    return out
+
+
 def add_to_biases(new: fx.GraphModule, old: fx.GraphModule, constants, masks) -> int:
     """Each consumer's new bias += (removed columns of its old weight) @ k, on the output rows it keeps.
     The pruned model gets new bias tensors (the old ones may be the user's). Returns the consumers changed."""

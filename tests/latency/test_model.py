@@ -70,28 +70,34 @@ def test_the_calibration_plan_keeps_widths_on_the_channel_block(tiny):
     _, _, groups = tiny
     plan = calibration_plan(groups, [g.id for g in groups.prunable()], round_to=8)
     widths = {groups.groups[gid].size: len(kept) for gid, kept in plan.items()}
-    # 64 channels: 3/4 is 48, on the block of 16; 32: 24 rounds to the block's 32 (no change), so round_to's 24
-    assert widths == {64: 48, 32: 24}
+    # 64 channels: 3/4 is 48, on the block of 16; 32: 24 is off the block, 32 no change: it stays whole
+    assert widths == {64: 48}
+    assert {len(k) for k in calibration_plan(groups, [g.id for g in groups.prunable()], round_to=4).values()} == {24, 48}
     assert calibration_plan(groups, [], round_to=8) == {}
 
 
 @pytest.mark.parametrize("which", ["tiny_fp32", "tiny_int8"])
-def test_the_second_point_fits_bounded_offsets_and_keeps_the_unpruned_time(which, request):
+def test_the_second_point_fits_one_fixed_share_and_keeps_the_unpruned_time(which, request):
     lm = request.getfixturevalue(which)
     c = lm.calibration
     point = c.second_point
-    assert point["keep"] == 0.75 and point["groups"] == 2 and 0.3 < point["measured"] < 1.0
-    assert 0 <= point["layers_fitted"] <= point["layers"] == 4
-    assert len(c.layer_offsets) == point["layers_fitted"]
+    assert point["keep"] == 0.75 and point["groups"] == 1 and 0.3 < point["measured"] < 1.0
+    share = c.fixed_share
+    assert share == point["fixed_share"] == min(max(point["fixed_share_fitted"], 0.0), 0.8)
     one = lm.one_point().calibration
-    for node, offset in c.layer_offsets.items():
-        full = one.layers[node]
-        assert -0.5 * full - 1e-12 <= offset <= 0.8 * full + 1e-12
-        assert c.layers[node] + offset == pytest.approx(full)   # the unpruned model's time is kept
-    assert 0 <= c.other_offset <= one.other + 1e-12
+    assert one.layer_offsets == {} and one.other_offset == 0.0 and one.fixed_share == 0.0
+    for node, full in one.layers.items():
+        assert c.layers[node] + c.layer_offsets.get(node, 0.0) == pytest.approx(full)   # unpruned time kept
+        assert c.layer_offsets.get(node, 0.0) == pytest.approx(share * full)
+    assert c.other_offset == pytest.approx(share * one.other)
     assert lm.fraction({}) == pytest.approx(1.0) and lm.one_point().fraction({}) == pytest.approx(1.0)
-    assert one.layer_offsets == {} and one.other_offset == 0.0
-    assert lm.one_point().fraction(lm.masks({})) == pytest.approx(1.0)
+    # the fit goes through the second point unless the bounds held it
+    plan = calibration_plan(lm.widths.result, [g.id for g in lm.widths.result.prunable()], round_to=8)
+    if 0.0 < point["fixed_share_fitted"] < 0.8:
+        assert lm.fraction(lm.masks(plan)) == pytest.approx(point["measured"], rel=1e-6)
+    # a larger fixed share predicts a pruned model slower
+    keep = lm.masks(plan)
+    assert lm.refit(0.0).fraction(keep) < lm.refit(0.3).fraction(keep) < lm.refit(0.6).fraction(keep) < 1.0
 
 
 def test_without_a_second_point_times_scale_in_proportion(tiny):

@@ -1,5 +1,6 @@
 """A removed channel that a constant reaches (StarReLU's `+ b`) is compensated in the consumer's bias: pruning
-stays exact; a padded convolution, which sees zeros at the border instead, is not compensated."""
+stays exact; a padded convolution, which sees zeros at the border instead, is not compensated: its group stays
+whole, reported, and the rest is pruned."""
 import pytest
 import torch
 import torch.nn as nn
@@ -35,7 +36,34 @@ def test_constant_on_removed_channels_moves_into_the_bias(kind, shape):
     assert result.model.fc2.weight.shape[1] == 16 and model.fc2.weight.shape[1] == 32   # the user's model kept
 
 
-def test_padded_convolution_is_not_compensated_and_the_error_names_it():
+class StemStarConv(nn.Module):
+    """A plain conv stem (its channels prune exactly) before StarMlp's padded form (fc1's cannot)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(8, 16, 1)
+        self.mlp = StarMlp("padded")
+        self.mlp.fc1 = nn.Conv2d(16, 32, 1)
+
+    def forward(self, x):
+        return self.mlp(torch.relu(self.stem(x)))
+
+
+def test_groups_a_constant_reaches_through_a_padded_conv_stay_whole_and_the_rest_is_pruned():
+    model, x = StemStarConv().eval(), torch.randn(2, 8, 6, 6)
+    result = fxcompress.compile(model, [MagnitudePrune(0.5)], x, progress=False)
+    metrics = result.report.records[0].metrics
+    (gid, why), = metrics["groups_kept_whole"].items()
+    assert "mlp.fc2 (Conv2d)" in why and "up to 0.3" in why
+    out = result.model
+    assert out.stem.out_channels == 8 and out.mlp.fc1.out_channels == 32   # stem halved, fc1's group whole
+    assert metrics["max_rel_error"] < 1e-5
+    assert "biases_compensated" not in metrics
+
+
+def test_padded_convolution_is_not_compensated_and_the_error_names_it(monkeypatch):
+    from fxcompress.prune import apply
+    monkeypatch.setattr(apply, "MAX_UNABSORBED_ROUNDS", 0)   # no re-plan: the check fails and says why
     model, x = StarMlp("padded").eval(), torch.randn(2, 8, 6, 6)
     with pytest.raises(VerificationError, match="removed channels zeroed") as info:
         fxcompress.compile(model, [MagnitudePrune(0.5)], x, progress=False)
