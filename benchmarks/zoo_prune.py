@@ -287,7 +287,7 @@ def write(rows, args) -> int:
     with open(args.out + ".json", "w") as f:
         f.write(scrub_paths(json.dumps(payload, indent=1)))
     with open(args.out + ".md", "w") as f:
-        f.write(text + "\n")
+        f.write(scrub_paths(text) + "\n")
     return 0 if payload["passed"] == payload["total"] else 1
 
 

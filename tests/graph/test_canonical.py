@@ -107,7 +107,8 @@ def test_weight_standardized_convs_become_plain_convs_exactly():
     stem = gm.get_submodule("stem").weight.detach().flatten(1)
     gain = (model.stem.gain * model.stem.scale).detach().flatten()
     torch.testing.assert_close(stem.mean(1), torch.zeros(16), atol=1e-6, rtol=0)
-    torch.testing.assert_close(stem.var(1, unbiased=False), gain ** 2, rtol=1e-4, atol=0)
+    # (eps=1e-6 against a filter variance of about 0.01: 1e-4 relative)
+    torch.testing.assert_close(stem.var(1, unbiased=False), gain ** 2, rtol=1e-3, atol=0)
     assert gm.get_submodule("body").bias is model.body.bias   # the bias is shared, the weight is new
     assert type(model.stem) is timm.layers.ScaledStdConv2d   # the user's model is untouched
 
