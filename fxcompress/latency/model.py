@@ -48,14 +48,14 @@ from ..prune.apply import apply_plan
 from ..prune.groups import ChannelGroupsResult, Dim
 from ..prune.state import normalize_plan
 from .attribute import CONV_OPS, LINEAR_OPS, attribute
+from .layers import DimWidths, Layer, find_layers
+from .runtime import Runtime, export_for, measure
+from .table import LatencyTables, LayerTable, lowest_width, period, sample_widths
 
 CALIBRATION_KEEP = 0.75    # the second calibration model: every prunable group at about this fraction of its width
 # the fitted fixed share: a cost in context that does not shrink with the widths (dispatch, cold caches) is
 # positive; fitted negative (the model shrank more than its tables say), it is left at 0
 FIXED_SHARE_BOUNDS = (0.0, 0.8)
-from .layers import DimWidths, Layer, find_layers
-from .runtime import Runtime, export_for, measure
-from .table import LatencyTables, LayerTable, lowest_width, period, sample_widths
 
 
 @dataclass
@@ -149,9 +149,9 @@ class LatencyModel:
     def calibrate(self, paths: Mapping[str, str], example_inputs: Sequence[torch.Tensor], macs: Mapping[str, int],
                   runs: int = 20, budget_s: float = 4.0, plan: Optional[Mapping] = None) -> Calibration:
         """Measure the unpruned model's file (paths["unpruned"]; a str: that file) and split its profile
-        (module docstring); with paths["calibration"], the model pruned by `plan`, timed beside it, fit each
-        layer's and the other kernels' offset. `macs`: MACs per fx node (shares a time among layers
-        onnxruntime's profile cannot tell apart)."""
+        (module docstring); with paths["calibration"], the model pruned by `plan`, timed beside it, fit the
+        fixed share of every kernel's time. `macs`: MACs per fx node (shares a time among layers onnxruntime's
+        profile cannot tell apart)."""
         paths = {"unpruned": paths} if isinstance(paths, str) else dict(paths)
         ms = measure(paths, self.runtime, example_inputs, runs=runs, budget_s=budget_s)
         m = ms["unpruned"]
@@ -178,8 +178,8 @@ class LatencyModel:
         one_point = self.fraction(keep)
         c = self.calibration
         # what the prediction at the calibration widths gains per unit of the fixed share
-        shrink = sum(full * (1 - self.tables[node](*self.layer_widths(l, keep)))
-                     for l in self.layers for node, full in [(l.node, c.layers.get(l.node, 0.0))] if full > 0)
+        shrink = sum(c.layers[l.node] * (1 - self.tables[l.node](*self.layer_widths(l, keep)))
+                     for l in self.layers if c.layers.get(l.node, 0.0) > 0)
         shrink += c.other * (1 - self.activation_ratio(keep))
         self.fixed_share_fit = (measured - one_point) / shrink if shrink > 0 else 0.0
         self.calibration = self._with_fixed_share(float(np.clip(self.fixed_share_fit, *FIXED_SHARE_BOUNDS)))
