@@ -83,7 +83,11 @@ def run_model(name: str, args, work: str) -> dict:
         else:
             row["latency_target"] = {k: v for k, v in record.metrics.items()
                                      if k in ("target_latency", "predicted_latency", "measured_latency", "met_target",
-                                              "runtime", "relative_to", "batch", "threads")}
+                                              "runtime", "relative_to", "batch", "threads", "aim",
+                                              "latency_model")}
+            # each round's aim, prediction and measurement: where the latency model misses, for diagnosis
+            row["latency_target"]["rounds"] = [{k: x[k] for k in ("aimed", "predicted", "measured", "groups_pruned")}
+                                               for x in record.metrics.get("latency_rounds", [])]
         try:   # a failed INT8 check leaves no file: the FP32 rows are still measured
             paths[f"{kind}_int8"] = os.path.join(work, f"{name}_{kind}_int8.onnx")
             quant = fxcompress.compile(pruned.model, [FoldBatchNorm(), QuantizeINT8(method="kl"),
