@@ -12,17 +12,18 @@ at its fastest, the profiler's own cost taken out), which splits that time as:
 
 A layer in the model is not the layer alone: its kernel reads what the layer before just wrote, and a
 kernel in context carries a cost that does not shrink with its widths. So a second model, every prunable
-group at about `CALIBRATION_KEEP` of its width, is profiled beside the unpruned one, and two numbers are
-fitted through the two profiles' totals: the share of the layers' kernel time, and the share of the other
-kernels' time, that stays fixed under pruning (each in [0, 0.8]). Totals, not one fit per layer: a
-per-layer fit through the second profile followed its noise (tried: resnet50 INT8 at batch 1 predicted
-8-15 % high). Without the second model (0 fixed), resnet18 INT8 at batch 1 halved was predicted 14 % low:
-layer1's convs halved run at 0.37 of full width in the model where their table says 0.31.
+group at about `CALIBRATION_KEEP` of its width, is timed beside the unpruned one, and one number is
+fitted through the two: the share of every kernel's time (layers and other kernels alike) that stays fixed
+under pruning, in [0, 0.8]. One number, not one per layer: a per-layer fit through the second model's
+profile followed its noise (tried: resnet50 INT8 at batch 1 predicted 8-15 % high, where the one number
+and the end-to-end times it is fitted on are steady). Without the second point (0 fixed), resnet18 INT8 at
+batch 1 halved was predicted 14 % low: layer1's convs halved run at 0.37 of full width in the model where
+their table says 0.31.
 
     predicted_ms(plan) = measured_ms x (sum_l layer_l x [s + (1 - s) x table_l(plan)]
-                                        + other x [s' + (1 - s') x activations(plan)] + fixed)
+                                        + other x [s + (1 - s) x activations(plan)] + fixed)
                          (layer_l, other, fixed: fractions of the profiled unpruned run; activations relative
-                          to it; s, s' the fitted fixed shares)
+                          to it; s the fitted fixed share)
 
     lm = LatencyModel.build(gm, groups_result, example_inputs, Runtime("onnxruntime-int8", 2, 32), round_to=8)
     lm.predict_ms({group_id: kept_units, ...})      # a plan, as MagnitudePrune and PruneChannels take it
@@ -34,7 +35,7 @@ import copy
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 
 import numpy as np
@@ -55,7 +56,6 @@ CALIBRATION_KEEP = 0.75    # the second calibration model: every prunable group 
 # the fitted fixed share: a cost in context that does not shrink with the widths (dispatch, cold caches) is
 # positive; fitted negative (the model shrank more than its tables say), it is left at 0
 FIXED_SHARE_BOUNDS = (0.0, 0.8)
-MIN_SHRINK = 0.02   # of the unpruned time: a kernel class the calibration plan barely shrinks fits nothing
 
 
 @dataclass
@@ -78,8 +78,7 @@ class Calibration:
     unmatched_layers: List[str] = field(default_factory=list)
     layer_offsets: Dict[str, float] = field(default_factory=dict)
     other_offset: float = 0.0
-    fixed_share: float = 0.0                                 # of every layer's time: what offsets hold
-    other_fixed_share: float = 0.0                           # of the other kernels' time
+    fixed_share: float = 0.0                                 # of every kernel's time: what offsets hold
     second_point: dict = field(default_factory=dict)         # the calibration model's plan and fit, reported
 
     @property
@@ -93,7 +92,6 @@ class Calibration:
                 "layers_offset_fraction": sum(self.layer_offsets.values()),
                 "other_fraction": self.other + self.other_offset, "other_offset_fraction": self.other_offset,
                 "fixed_fraction": self.fixed, "fixed_share": self.fixed_share,
-                "other_fixed_share": self.other_fixed_share,
                 "unmatched_layers": self.unmatched_layers,
                 "second_point": self.second_point}
 
@@ -169,53 +167,43 @@ class LatencyModel:
                                        (unmatched + m.profile.overhead_ms) / total, m.quiet_ms,
                                        [l.module for l in self.layers if ctx.get(l.node, 0.0) <= 0.0])
         if "calibration" in ms:
-            self._fit_second_point(ms["calibration"], m, total, self.masks(plan or {}), macs)
+            self._fit_second_point(ms["calibration"], m, self.masks(plan or {}))
         return self.calibration
 
-    def _fit_second_point(self, second, unpruned, total: float, keep: Mapping[int, np.ndarray],
-                          macs: Mapping[str, int]) -> None:
-        """The share of the layers' kernel time and of the other kernels' time that does not shrink, each
-        fitted through the unpruned model and the calibration model `second` (module docstring): the two
-        totals of its profile, over the unpruned profile's `total`."""
-        self.one_point_calibration = c = copy.deepcopy(self.calibration)
-        at = [replace(l, spec=l.spec.at(*self.layer_widths(l, keep))) for l in self.layers]
-        layers_there = sum(attribute(at, second.profile.nodes, self.runtime.batch, macs)[0].values()) / total
-        full, scaled = 0.0, 0.0   # the layers at full width, and as the tables scale them at the calibration widths
-        for l in self.layers:
-            share = c.layers.get(l.node, 0.0)
-            full, scaled = full + share, scaled + share * self.tables[l.node](*self.layer_widths(l, keep))
-        r = self.activation_ratio(keep)
-        other_there = _other_ms(second.profile.nodes) / total
-
-        def share_fit(measured, predicted, shrink):   # measured = predicted + share x shrink
-            return (measured - predicted) / shrink if shrink > MIN_SHRINK else 0.0
-        self.share_fits = (share_fit(layers_there, scaled, full - scaled),
-                           share_fit(other_there, c.other * r, c.other * (1 - r)))
-        self.calibration = self._with_fixed_share(*(float(np.clip(f, *FIXED_SHARE_BOUNDS)) for f in self.share_fits))
+    def _fit_second_point(self, second, unpruned, keep: Mapping[int, np.ndarray]) -> None:
+        """The share of every kernel's time that does not shrink, fitted through the unpruned model and the
+        calibration model `second` (module docstring)."""
+        self.one_point_calibration = copy.deepcopy(self.calibration)
+        measured = second.ms / unpruned.ms
+        one_point = self.fraction(keep)
+        c = self.calibration
+        # what the prediction at the calibration widths gains per unit of the fixed share
+        shrink = sum(c.layers[l.node] * (1 - self.tables[l.node](*self.layer_widths(l, keep)))
+                     for l in self.layers if c.layers.get(l.node, 0.0) > 0)
+        shrink += c.other * (1 - self.activation_ratio(keep))
+        self.fixed_share_fit = (measured - one_point) / shrink if shrink > 0 else 0.0
+        self.calibration = self._with_fixed_share(float(np.clip(self.fixed_share_fit, *FIXED_SHARE_BOUNDS)))
         self.calibration.second_point = {
-            "keep": CALIBRATION_KEEP, "groups": len(keep), "measured": second.ms / unpruned.ms,
-            "predicted_one_point": self.one_point().fraction(keep), "predicted": self.fraction(keep),
-            "layers_fixed_share_fitted": self.share_fits[0], "other_fixed_share_fitted": self.share_fits[1],
-            "bounds": list(FIXED_SHARE_BOUNDS)}
+            "keep": CALIBRATION_KEEP, "groups": len(keep), "measured": measured, "predicted_one_point": one_point,
+            "predicted": self.fraction(keep), "fixed_share_fitted": self.fixed_share_fit,
+            "fixed_share": self.calibration.fixed_share, "bounds": list(FIXED_SHARE_BOUNDS)}
 
-    def _with_fixed_share(self, share: float, other_share: float) -> Calibration:
-        """The one-point calibration with `share` of every layer's time and `other_share` of the other
-        kernels' time fixed."""
+    def _with_fixed_share(self, share: float) -> Calibration:
+        """The one-point calibration with `share` of every layer's and other kernel's time fixed."""
         c = copy.deepcopy(self.one_point_calibration)
-        c.fixed_share, c.other_fixed_share = share, other_share
+        c.fixed_share = share
         if share:
             for node, full in list(c.layers.items()):
                 c.layer_offsets[node], c.layers[node] = share * full, (1 - share) * full
-        c.other_offset, c.other = other_share * c.other, (1 - other_share) * c.other
+            c.other_offset, c.other = share * c.other, (1 - share) * c.other
         return c
 
-    def refit(self, fixed_share: float, other_fixed_share: Optional[float] = None) -> "LatencyModel":
-        """This model with other fixed shares (a copy; itself where it has no second point; the other kernels'
-        share as the layers' when None): how much a prediction owes to the fit."""
+    def refit(self, fixed_share: float) -> "LatencyModel":
+        """This model with another fixed share (a copy; itself where it has no second point): how much a
+        prediction owes to the fit."""
         other = copy.copy(self)
         if hasattr(self, "one_point_calibration"):
-            other.calibration = self._with_fixed_share(
-                fixed_share, fixed_share if other_fixed_share is None else other_fixed_share)
+            other.calibration = self._with_fixed_share(fixed_share)
         return other
 
     def one_point(self) -> "LatencyModel":
