@@ -35,7 +35,7 @@ import copy
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 
 import numpy as np
@@ -67,33 +67,35 @@ class Activation:
 
 @dataclass
 class Calibration:
-    """The unpruned model: its end-to-end time, and its profiled run split into fractions (module docstring).
-    `layers` and `other` are the parts that scale with the tables and activations, `layer_offsets` and
-    `other_offset` the fixed share of them (none without a second point: the time scales in proportion)."""
-    measured_ms: float                                       # runtime.measure's Measurement.ms
+    """The unpruned model: its end-to-end time, and its profiled run split into fractions (module docstring);
+    `fixed_share` of every layer's and other kernel's time does not shrink (0 without a second point: the
+    times scale in proportion)."""
+    measured_ms: float                                       # runtime.Measurement.ms
     layers: Dict[str, float] = field(default_factory=dict)   # layer node -> fraction of the run
     other: float = 0.0
     fixed: float = 0.0
     quiet_ms: float = 0.0                                    # the profiled estimate beside it
     unmatched_layers: List[str] = field(default_factory=list)
-    layer_offsets: Dict[str, float] = field(default_factory=dict)
-    other_offset: float = 0.0
-    fixed_share: float = 0.0                                 # of every kernel's time: what offsets hold
+    fixed_share: float = 0.0
     second_point: dict = field(default_factory=dict)         # the calibration model's plan and fit, reported
 
     @property
+    def other_scaled(self) -> float:
+        """The other kernels' part that shrinks with the activations."""
+        return (1 - self.fixed_share) * self.other
+
+    @property
     def constant(self) -> float:
-        """What no plan changes: the fixed part and the other kernels' offset."""
-        return self.fixed + self.other_offset
+        """What no plan changes: the fixed part and the other kernels' fixed share."""
+        return self.fixed + self.fixed_share * self.other
 
     def to_dict(self) -> dict:
+        layers = sum(self.layers.values())
         return {"measured_ms": self.measured_ms, "quiet_ms": self.quiet_ms,
-                "layers_fraction": sum(self.layers.values()) + sum(self.layer_offsets.values()),
-                "layers_offset_fraction": sum(self.layer_offsets.values()),
-                "other_fraction": self.other + self.other_offset, "other_offset_fraction": self.other_offset,
+                "layers_fraction": layers, "layers_offset_fraction": self.fixed_share * layers,
+                "other_fraction": self.other, "other_offset_fraction": self.fixed_share * self.other,
                 "fixed_fraction": self.fixed, "fixed_share": self.fixed_share,
-                "unmatched_layers": self.unmatched_layers,
-                "second_point": self.second_point}
+                "unmatched_layers": self.unmatched_layers, "second_point": self.second_point}
 
 
 class LatencyModel:
@@ -173,37 +175,24 @@ class LatencyModel:
     def _fit_second_point(self, second, unpruned, keep: Mapping[int, np.ndarray]) -> None:
         """The share of every kernel's time that does not shrink, fitted through the unpruned model and the
         calibration model `second` (module docstring)."""
-        self.one_point_calibration = copy.deepcopy(self.calibration)
-        measured = second.ms / unpruned.ms
-        one_point = self.fraction(keep)
         c = self.calibration
+        measured = second.ms / unpruned.ms
+        one_point = self.fraction(keep)   # fixed_share is still 0
         # what the prediction at the calibration widths gains per unit of the fixed share
         shrink = sum(c.layers[l.node] * (1 - self.tables[l.node](*self.layer_widths(l, keep)))
                      for l in self.layers if c.layers.get(l.node, 0.0) > 0)
         shrink += c.other * (1 - self.activation_ratio(keep))
-        self.fixed_share_fit = (measured - one_point) / shrink if shrink > 0 else 0.0
-        self.calibration = self._with_fixed_share(float(np.clip(self.fixed_share_fit, *FIXED_SHARE_BOUNDS)))
-        self.calibration.second_point = {
-            "keep": CALIBRATION_KEEP, "groups": len(keep), "measured": measured, "predicted_one_point": one_point,
-            "predicted": self.fraction(keep), "fixed_share_fitted": self.fixed_share_fit,
-            "fixed_share": self.calibration.fixed_share, "bounds": list(FIXED_SHARE_BOUNDS)}
-
-    def _with_fixed_share(self, share: float) -> Calibration:
-        """The one-point calibration with `share` of every layer's and other kernel's time fixed."""
-        c = copy.deepcopy(self.one_point_calibration)
-        c.fixed_share = share
-        if share:
-            for node, full in list(c.layers.items()):
-                c.layer_offsets[node], c.layers[node] = share * full, (1 - share) * full
-            c.other_offset, c.other = share * c.other, (1 - share) * c.other
-        return c
+        fitted = (measured - one_point) / shrink if shrink > 0 else 0.0
+        c.fixed_share = float(np.clip(fitted, *FIXED_SHARE_BOUNDS))
+        c.second_point = {"keep": CALIBRATION_KEEP, "groups": len(keep), "measured": measured,
+                          "predicted_one_point": one_point, "predicted": self.fraction(keep),
+                          "fixed_share_fitted": fitted, "fixed_share": c.fixed_share,
+                          "bounds": list(FIXED_SHARE_BOUNDS)}
 
     def refit(self, fixed_share: float) -> "LatencyModel":
-        """This model with another fixed share (a copy; itself where it has no second point): how much a
-        prediction owes to the fit."""
+        """This model with another fixed share (a copy): how much a prediction owes to the fit."""
         other = copy.copy(self)
-        if hasattr(self, "one_point_calibration"):
-            other.calibration = self._with_fixed_share(fixed_share)
+        other.calibration = replace(self.calibration, fixed_share=fixed_share)
         return other
 
     def one_point(self) -> "LatencyModel":
@@ -225,12 +214,11 @@ class LatencyModel:
         return self.widths.width(layer.in_dim, keep), self.widths.width(layer.out_dim, keep)
 
     def layer_share(self, layer: Layer, cin: int, cout: int) -> float:
-        """The layer's share of the unpruned model's time at widths (cin, cout): offset + slope x table."""
+        """The layer's share of the unpruned model's time at widths (cin, cout): its fixed share, and the
+        rest as its table scales it."""
         c = self.calibration
-        slope, offset = c.layers.get(layer.node, 0.0), c.layer_offsets.get(layer.node, 0.0)
-        if not slope and not offset:
-            return 0.0
-        return max(offset + slope * self.tables[layer.node](cin, cout), 0.0)
+        full = c.layers.get(layer.node, 0.0)
+        return full * (c.fixed_share + (1 - c.fixed_share) * self.tables[layer.node](cin, cout)) if full else 0.0
 
     def layer_fraction(self, layer: Layer, keep: Mapping[int, np.ndarray]) -> float:
         """The layer's share of the unpruned model's time, at the widths the masks leave it."""
@@ -249,7 +237,7 @@ class LatencyModel:
         """Predicted latency under the keep masks as a fraction of the unpruned model's."""
         c = self.calibration
         layers = sum(self.layer_fraction(l, keep) for l in self.layers)
-        return layers + c.other * self.activation_ratio(keep) + c.constant
+        return layers + c.other_scaled * self.activation_ratio(keep) + c.constant
 
     def predict_ms(self, plan: Mapping = None, *, keep: Optional[Mapping[int, np.ndarray]] = None) -> float:
         """Predicted end-to-end latency of the model pruned by `plan` (or by boolean `keep` masks)."""

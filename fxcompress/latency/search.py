@@ -96,7 +96,7 @@ class _State:
         f = float(a.numel)
         for d in a.dims:
             f *= self._w(d, changed) / self.lm.widths.size(d)
-        return self.lm.calibration.other * f / self.lm.full_activation
+        return self.lm.calibration.other_scaled * f / self.lm.full_activation
 
     def fraction(self) -> float:
         return sum(self.layer_share) + sum(self.act_share) + self.lm.calibration.constant

@@ -193,5 +193,5 @@ def standardized_conv_canonical(m: nn.Conv2d, input_shape):
         conv.train(m.training)
         chain = [(None, conv)]
     with torch.no_grad():
-        conv.weight = nn.Parameter(standardized_weight(m).detach().clone(), requires_grad=m.weight.requires_grad)
+        conv.weight = nn.Parameter(standardized_weight(m).clone(), requires_grad=m.weight.requires_grad)
     return chain

@@ -102,16 +102,23 @@ def zeroed_run(gm: fx.GraphModule, result: ChannelGroupsResult, plan, inputs, su
     return outputs, constants, unabsorbed
 
 
+def _consumer(target: str, info: dict, gm: fx.GraphModule) -> str:
+    return (f"{target} ({type(gm.get_submodule(target)).__name__}, groups {info['groups']}, "
+            f"values up to {info['max_abs']:.3g})")
+
+
+WHY_UNABSORBED = ("something between their producers and the consumer adds a constant (a learnable bias or affine "
+                  "shift), and a padded or grouped convolution sees it only away from its borders, so no bias "
+                  "can stand in for it")
+
+
 def explain_inexact(unabsorbed: Dict[str, dict], gm: fx.GraphModule) -> str:
     """Why a removal is not exact, when removed channels reach consumers that cannot absorb them."""
     if not unabsorbed:
         return ""
-    parts = [f"{target} ({type(gm.get_submodule(target)).__name__}, groups {info['groups']}, values up to "
-             f"{info['max_abs']:.3g})" for target, info in list(unabsorbed.items())[:3]]
-    return ("; the removed channels are not zero where they are consumed: something between their producers "
-            "and " + ", ".join(parts) + " adds a constant (a learnable bias or affine shift), and a padded or "
-            "grouped convolution sees it only away from its borders, so no bias can stand in for it. Leave "
-            "those groups unpruned (the pass's ignore= option, naming one of their modules)")
+    parts = ", ".join(_consumer(t, info, gm) for t, info in list(unabsorbed.items())[:3])
+    return (f"; the removed channels are not zero where they are consumed by {parts}: {WHY_UNABSORBED}. Leave "
+            f"those groups unpruned (the pass's ignore= option, naming one of their modules)")
 
 
 def unabsorbed_reasons(unabsorbed: Dict[str, dict], gm: fx.GraphModule, groups) -> Dict[int, str]:
@@ -121,9 +128,7 @@ def unabsorbed_reasons(unabsorbed: Dict[str, dict], gm: fx.GraphModule, groups) 
     for target, info in unabsorbed.items():
         for g in info["groups"]:
             if g in groups and g not in out:
-                out[g] = (f"removed channels reach {target} ({type(gm.get_submodule(target)).__name__}) as non-zero "
-                          f"values (up to {info['max_abs']:.3g}): a constant added on the way, which a padded or "
-                          f"grouped convolution sees only away from its borders")
+                out[g] = f"removed channels reach {_consumer(target, info, gm)} as non-zero values: {WHY_UNABSORBED}"
     return out
 
 

@@ -25,7 +25,7 @@ def test_every_layer_is_found_and_matched_in_the_profile(which, request, tiny):
     c = lm.calibration
     assert c.unmatched_layers == []
     assert all(share > 0 for share in c.layers.values())
-    assert sum(c.layers.values()) + sum(c.layer_offsets.values()) + c.other + c.constant == pytest.approx(1.0)
+    assert sum(c.layers.values()) + c.other + c.fixed == pytest.approx(1.0)
     assert sum(c.layers.values()) > 0.5                # the convs dominate this model's time
     assert lm.predict_ms({}) == pytest.approx(lm.measured_ms)
 
@@ -85,18 +85,22 @@ def test_the_second_point_fits_one_fixed_share_and_keeps_the_unpruned_time(which
     share = c.fixed_share
     assert share == point["fixed_share"] == min(max(point["fixed_share_fitted"], 0.0), 0.8)
     one = lm.one_point().calibration
-    assert one.layer_offsets == {} and one.other_offset == 0.0 and one.fixed_share == 0.0
-    for node, full in one.layers.items():
-        assert c.layers[node] + c.layer_offsets.get(node, 0.0) == pytest.approx(full)   # unpruned time kept
-        assert c.layer_offsets.get(node, 0.0) == pytest.approx(share * full)
-    assert c.other_offset == pytest.approx(share * one.other)
+    assert one.fixed_share == 0.0 and one.layers == c.layers and one.other == c.other and one.fixed == c.fixed
+    plan = calibration_plan(lm.widths.result, [g.id for g in lm.widths.result.prunable()], round_to=8)
+    keep = lm.masks(plan)
+    for layer in lm.layers:
+        full = c.layers[layer.node]
+        assert lm.layer_share(layer, layer.spec.cin, layer.spec.cout) == pytest.approx(full)   # unpruned time kept
+        t = lm.tables[layer.node](*lm.layer_widths(layer, keep))
+        assert lm.layer_fraction(layer, keep) == pytest.approx(full * (share + (1 - share) * t))
+    assert c.other_scaled + c.constant - c.fixed == pytest.approx(c.other)
+    assert c.constant - c.fixed == pytest.approx(share * c.other)
     assert lm.fraction({}) == pytest.approx(1.0) and lm.one_point().fraction({}) == pytest.approx(1.0)
     # the fit goes through the second point unless the bounds held it
-    plan = calibration_plan(lm.widths.result, [g.id for g in lm.widths.result.prunable()], round_to=8)
     if 0.0 < point["fixed_share_fitted"] < 0.8:
-        assert lm.fraction(lm.masks(plan)) == pytest.approx(point["measured"], rel=1e-6)
+        assert lm.fraction(keep) == pytest.approx(point["measured"], rel=1e-6)
+    assert lm.one_point().fraction(keep) == pytest.approx(point["predicted_one_point"])
     # a larger fixed share predicts a pruned model slower
-    keep = lm.masks(plan)
     assert lm.refit(0.0).fraction(keep) < lm.refit(0.3).fraction(keep) < lm.refit(0.6).fraction(keep) < 1.0
 
 
@@ -105,5 +109,5 @@ def test_without_a_second_point_times_scale_in_proportion(tiny):
     lm = LatencyModel.build(gm, groups, (X,), Runtime("onnxruntime-fp32", 2, BATCH), round_to=8, points=3,
                             runs=5, measure_runs=5, measure_budget_s=0.5, progress=False, second_point=False)
     c = lm.calibration
-    assert c.layer_offsets == {} and c.other_offset == 0.0 and c.second_point == {}
-    assert lm.one_point() is not lm and lm.one_point().calibration is c
+    assert c.fixed_share == 0.0 and c.second_point == {} and c.constant == c.fixed and c.other_scaled == c.other
+    assert lm.one_point() is not lm and lm.one_point().calibration == c

@@ -54,7 +54,7 @@ def test_groups_a_constant_reaches_through_a_padded_conv_stay_whole_and_the_rest
     result = fxcompress.compile(model, [MagnitudePrune(0.5)], x, progress=False)
     metrics = result.report.records[0].metrics
     (gid, why), = metrics["groups_kept_whole"].items()
-    assert "mlp.fc2 (Conv2d)" in why and "up to 0.3" in why
+    assert f"mlp.fc2 (Conv2d, groups [{gid}]" in why and "values up to 0.3" in why
     out = result.model
     assert out.stem.out_channels == 8 and out.mlp.fc1.out_channels == 32   # stem halved, fc1's group whole
     assert metrics["max_rel_error"] < 1e-5
