@@ -5,7 +5,9 @@ BatchNorm statistics re-estimated on random images), pruned to half the MACs and
 Per model: capture (the report says which tracer read it), MagnitudePrune(target_macs=0.5, round_to=8)
 (exactness checked by the pass) + ExportONNX (onnxruntime parity on every output), then FoldBatchNorm +
 QuantizeINT8(kl) + ExportONNX (the INT8 check on every output). Latency: onnxruntime, 2 threads, batch 1,
-medians of interleaved runs.
+medians of interleaved runs. Every timed file is exported with a static batch of 1, as ultralytics' own ONNX
+export does by default (`dynamic=False`): onnxruntime then folds the shape arithmetic (split sizes, anchor
+grids) into constants; --dynamic-batch exports them with a dynamic batch axis instead.
 
     python benchmarks/yolo_detect.py [--models yolov8n yolo11n] [--runs 20] [--calib-images 16]
     python benchmarks/yolo_detect.py --target-latency 0.3      # also a latency-targeted model beside it
@@ -59,7 +61,8 @@ def run_model(name: str, args, work: str) -> dict:
     gen = torch.Generator().manual_seed(1)
     calib = [torch.randn(4, 3, args.size, args.size, generator=gen) for _ in range(args.calib_images // 4)]
     paths = {"fp32": os.path.join(work, f"{name}_fp32.onnx")}
-    fp32 = fxcompress.compile(model, [CountFlops(), ExportONNX(paths["fp32"])], example)
+    dynamic = args.dynamic_batch
+    fp32 = fxcompress.compile(model, [CountFlops(), ExportONNX(paths["fp32"], dynamic_batch=dynamic)], example)
     row["capture"] = {k: v for k, v in fp32.report.capture.items() if k != "specialised"}
     prunes = {"pruned": MagnitudePrune(target_macs=0.5, round_to=8)}
     if args.target_latency is not None:
@@ -68,11 +71,13 @@ def run_model(name: str, args, work: str) -> dict:
         prefix = "" if kind == "pruned" else "latency_"
         paths[f"{kind}_fp32"] = os.path.join(work, f"{name}_{kind}_fp32.onnx")
         try:
-            pruned = fxcompress.compile(model, [ChannelGroups(), prune, ExportONNX(paths[f"{kind}_fp32"])], example)
+            pruned = fxcompress.compile(model, [ChannelGroups(), prune,
+                                                ExportONNX(paths[f"{kind}_fp32"], dynamic_batch=dynamic)], example)
         except LatencyUnreachable as e:   # below the model's floor: recorded, then just above the floor
             row["latency_target_refused"] = str(e)
             prune = latency_prune(math.ceil(e.reachable * 100) / 100 + 0.01)   # the floor moves with timing noise
-            pruned = fxcompress.compile(model, [ChannelGroups(), prune, ExportONNX(paths[f"{kind}_fp32"])], example)
+            pruned = fxcompress.compile(model, [ChannelGroups(), prune,
+                                                ExportONNX(paths[f"{kind}_fp32"], dynamic_batch=dynamic)], example)
         groups, record, export = pruned.report.records
         row.update({f"{prefix}macs_pruned": record.macs_after, f"{prefix}params_pruned": record.params_after,
                     f"{prefix}prune_max_rel_error": record.metrics.get("max_rel_error"),
@@ -91,7 +96,8 @@ def run_model(name: str, args, work: str) -> dict:
         try:   # a failed INT8 check leaves no file: the FP32 rows are still measured
             paths[f"{kind}_int8"] = os.path.join(work, f"{name}_{kind}_int8.onnx")
             quant = fxcompress.compile(pruned.model, [FoldBatchNorm(), QuantizeINT8(method="kl"),
-                                                      ExportONNX(paths[f"{kind}_int8"])], example, calib_loader=calib)
+                                                      ExportONNX(paths[f"{kind}_int8"], dynamic_batch=dynamic)],
+                                    example, calib_loader=calib)
             row[f"{prefix}int8_export"] = {k: v for k, v in quant.report.records[-1].metrics.items()
                                            if not isinstance(v, (list, dict))}
         except fxcompress.FxCompressError as e:
@@ -130,6 +136,8 @@ def main(argv=None) -> int:
     ap.add_argument("--calib-images", type=int, default=16)
     ap.add_argument("--target-latency", type=float, default=None,
                     help="also prune to this fraction of the FP32 latency, met by the INT8 model at batch 1")
+    ap.add_argument("--dynamic-batch", action="store_true",
+                    help="export with a dynamic batch axis (default: static batch 1, as ultralytics exports)")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "yolo_detect.json"))
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
@@ -141,8 +149,9 @@ def main(argv=None) -> int:
             except Exception as e:  # noqa: BLE001 - a failing model is a row with its reason
                 rows.append({"model": name, "error": f"{type(e).__name__}: {str(e)[:400]}",
                              "trace": traceback.format_exc(limit=-3)})
+    batch = "dynamic batch axis" if args.dynamic_batch else "static batch"
     print(f"\n## YOLO at {args.size}x{args.size}: pruned to half the MACs + INT8 (onnxruntime, 2 threads, batch 1, "
-          f"medians of {args.runs} interleaved runs)\n")
+          f"{batch}, medians of {args.runs} interleaved runs)\n")
     print("| model | capture | MACs | params | prune err | ONNX err | INT8 check | FP32 ms | pruned FP32 ms | "
           "pruned INT8 ms | speed-up |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
@@ -155,6 +164,7 @@ def main(argv=None) -> int:
             print(table_row(r, "latency", "latency_", f"{r['model']}, target_latency="
                                                         f"{r['latency_target']['target_latency']}"))
     atomic_write_text(args.out, scrub_paths(json.dumps({"rows": rows, "size": args.size, "runs": args.runs,
+                                                        "dynamic_batch": args.dynamic_batch,
                                             "provenance": provenance(ort_threads=2)}, indent=1, default=str)))
     return 0 if all("error" not in r and "int8_error" not in r and "latency_int8_error" not in r for r in rows) else 1
 

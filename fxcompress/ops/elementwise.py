@@ -68,5 +68,5 @@ QUANT.register(nn.ReLU6, F.relu6, rule=QuantRule("activation", upper_bound=lambd
 QUANT.register(nn.Hardtanh, rule=QuantRule("activation", upper_bound=_hardtanh_bound))
 QUANT.register(nn.Dropout, nn.Identity, F.dropout, "contiguous", rule=PASSTHROUGH)
 # stochastic depth is dropout per sample: identity in eval, gone from the ONNX file, so a SiLU before it must
-# be followed by its quantizer in the graph too (EfficientNetV2's fused blocks: lower_silu.py fuses it there)
+# be followed by its quantizer in the graph too (EfficientNetV2's fused blocks), as it is in the file
 QUANT.register(STOCHASTIC_DEPTH, rule=PASSTHROUGH)

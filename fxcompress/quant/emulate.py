@@ -32,8 +32,8 @@ random init and so quantized with a tiny scale, had 5.7% of its codes one step o
 other softmax whose output is quantized runs as MLAS's float kernel (its own exp polynomial, lane-wise sums,
 a multiply by 1 / sum: `mlas_softmax`, probed), from which torch's differs on about half of the values.
 
-A SiLU between two quantizers is lowered to QLinearSigmoid + QLinearMul on the codes (`lower_silu.py`):
-its output codes are read from onnxruntime's table of the 256 input codes (`qlinear_silu`).
+x * Sigmoid(x) (SiLU) is lowered to QuickGelu (`lower_silu.py`): x * min(Sigmoid(x), 1) with that Sigmoid,
+emulated as such ("quick_gelu"; a written-out x * torch.sigmoid(x) gets the clamped sigmoid, "silu_sigmoid").
 
 Each emulated op gets an `IntegerEmulation` node after it that replaces its float result by the emulated
 one; in training (QAT) and while exporting to ONNX it returns its input unchanged, so gradients and the
@@ -42,6 +42,7 @@ written QDQ graph are those of plain fake quantization.
 from __future__ import annotations
 
 import contextlib
+import operator
 from typing import Dict, Optional
 
 import torch
@@ -53,7 +54,7 @@ from ..ops.elementwise import ADD
 from ..ops.pooling import AVERAGE_POOL
 from .fake_quant import WEIGHT_QMAX, WEIGHT_QMIN, ActivationQuantizer, WeightQuantizer, exporting, fit_bias_to_int32
 from .insert import rule_for
-from .lower_silu import ort_qlinear_silu_exact, silu_codes
+from .lower_silu import ort_quick_gelu_exact
 from .observers import QMAX, QMIN
 from .ort_float_ops import (mlas_logistic, ort_logistic_variant, logistic_kind, ort_batch_norm, ort_batch_norm_variant,
                             float_batch_norm, mlas_softmax, ort_softmax_variant, softmax_dim, qlinear_softmax,
@@ -88,17 +89,12 @@ class IntegerEmulation(nn.Module):
                 out = self._add(*inputs)
             elif self.kind == "global_average_pool":
                 out = self._global_average_pool(inputs[0])
-            elif self.kind in ("sigmoid", "silu"):
+            elif self.kind in ("sigmoid", "silu", "quick_gelu", "silu_sigmoid"):
                 out = self._logistic(inputs[0])
             elif self.kind == "batch_norm":
                 out = ort_batch_norm(inputs[0], self.refs["layer"], *self.refs["variant"])
             elif self.kind == "softmax":
                 out = mlas_softmax(inputs[0], *self.refs["variant"])
-            elif self.kind == "qlinear_silu":
-                qx, qy = self.refs["inputs"][0], self.refs["output"]
-                zx, zy = int(qx.zero_point), int(qy.zero_point)
-                codes = silu_codes(_codes(inputs[0], qx) + zx, float(qx.scale), zx, float(qy.scale), zy)
-                out = (codes - float(zy)) * qy.scale.float()
             elif self.kind == "qlinear_softmax":
                 qx, qy = self.refs["inputs"][0], self.refs["output"]
                 codes = qlinear_softmax(_codes(inputs[0], qx) + float(qx.zero_point), self.refs["variant"][0],
@@ -159,7 +155,9 @@ class IntegerEmulation(nn.Module):
         code (the dequantized values (code - zp) * scale are the 256 values the input can take) and looked up."""
         def f(v):
             y = mlas_logistic(v, *self.refs["variant"])
-            return v * y if self.kind == "silu" else y     # SiLU runs as Mul(x, Sigmoid(x)): one float32 product
+            if self.kind in ("quick_gelu", "silu_sigmoid"):
+                y = y.clamp(max=1.0)    # QuickGelu's sigmoid never overshoots 1 (lower_silu.py)
+            return v * y if self.kind in ("silu", "quick_gelu") else y   # x * Sigmoid(x): one float32 product
         if not self.refs["inputs"]:
             return f(x.float())
         q = self.refs["inputs"][0]
@@ -252,6 +250,17 @@ def _quantizers_of_constants(gm: fx.GraphModule, modules) -> set:
             if all(not any(a in varying for a in n.all_input_nodes) for n in nodes)}
 
 
+def _sigmoid_of_silu(node: fx.Node) -> bool:
+    """Whether the sigmoid's only reader is x * sigmoid(x), x its own input: the exported Sigmoid -> Mul pair
+    that lower_silu.py fuses into QuickGelu."""
+    if len(node.users) != 1:
+        return False
+    mul = next(iter(node.users))
+    is_mul = (mul.op == "call_function" and mul.target in (operator.mul, torch.mul)) or \
+        (mul.op == "call_method" and mul.target == "mul")
+    return is_mul and not mul.kwargs and sorted(map(id, mul.args)) == sorted([id(node.args[0]), id(node)])
+
+
 def install_integer_emulation(gm: fx.GraphModule, weighted: Dict[str, nn.Module]) -> dict:
     """Insert IntegerEmulation nodes after the quantized convs/linears with a quantized output, after the
     adds of two quantized tensors, after global average pools, and after the float ops onnxruntime runs
@@ -261,7 +270,7 @@ def install_integer_emulation(gm: fx.GraphModule, weighted: Dict[str, nn.Module]
     (ActivationQuantizer.divide). Returns counts."""
     modules = dict(gm.named_modules())
     counts = {"int32_bias_channels_rescaled": 0, "emulated_layers": 0, "emulated_adds": 0, "emulated_pools": 0,
-              "emulated_sigmoids": 0, "qlinear_silus": 0,
+              "emulated_sigmoids": 0,
               "emulated_batch_norms": 0, "emulated_softmaxes": 0}
     constant_only = _quantizers_of_constants(gm, modules)
     for name, m in modules.items():
@@ -303,12 +312,9 @@ def install_integer_emulation(gm: fx.GraphModule, weighted: Dict[str, nn.Module]
             if node.kwargs.get("inplace"):
                 node.kwargs = {**node.kwargs, "inplace": False}
             qx = _quantizer_of(node.args[0], modules)
-            qy = _quantizer_of(next(iter(node.users)), modules) if len(node.users) == 1 else None
-            if logistic == "silu" and qx is not None and qy is not None and ort_qlinear_silu_exact():
-                # lowered to QLinearSigmoid + QLinearMul (lower_silu.py): its codes, by onnxruntime's table
-                _insert(gm, node, IntegerEmulation("qlinear_silu", [qx], qy), (node.args[0],))
-                counts["qlinear_silus"] += 1
-                continue
+            if ort_quick_gelu_exact():   # the file runs x * Sigmoid(x) as QuickGelu (lower_silu.py)
+                logistic = "quick_gelu" if logistic == "silu" else "silu_sigmoid" if _sigmoid_of_silu(node) \
+                    else logistic
             _insert(gm, node, IntegerEmulation(logistic, [qx] if qx is not None else [], None, variant=variant),
                     (node.args[0],))
             counts["emulated_sigmoids"] += 1

@@ -16,7 +16,7 @@ from onnx import helper, numpy_helper
 from ..core.errors import VerificationError
 from .lower_float_ops import fuse_gelu
 from .lower_linear import lower_nd_linears
-from .lower_silu import fuse_qlinear_silu
+from .lower_silu import fuse_quick_gelu
 from .onnx_nodes import consumers
 from .passthrough import shapes_of_codes
 
@@ -28,8 +28,8 @@ def lower_int8(model: onnx.ModelProto, folded: Dict[str, str] = None) -> onnx.Mo
     """The exported fake-quant graph as a genuinely INT8 model: int8 weight initializers, int32 biases,
     convs with input channels aligned for onnxruntime's fast kernel. `folded` receives
     {int8 initializer name: float weight name} (see fold_weight_quantizers)."""
-    model = fuse_qlinear_silu(fuse_gelu(lower_nd_linears(fold_weight_quantizers(model, folded))))
-    model = shapes_of_codes(model)   # after the SiLU fusion, whose output codes a split's Shape may read
+    model = fuse_quick_gelu(fuse_gelu(lower_nd_linears(fold_weight_quantizers(model, folded))))
+    model = shapes_of_codes(model)
     return align_conv_input_channels(quantize_biases(model))
 
 

@@ -1,134 +1,115 @@
-"""SiLU between two quantizers as integer kernels: QLinearSigmoid + QLinearMul (com.microsoft).
+"""SiLU as one float kernel: x * Sigmoid(x) -> QuickGelu(alpha=1) (com.microsoft).
 
-torch exports SiLU as x * Sigmoid(x). Between a DequantizeLinear and a QuantizeLinear onnxruntime runs it in
-float: DequantizeLinear, Sigmoid, Mul, QuantizeLinear, four passes over a float tensor four times the size of
-the codes. Measured on YOLOv8n pruned + INT8 at 640x640 (AMD EPYC, 2 threads, onnxruntime's profiler):
-those four ops took 39 % of the model's time. Written as QLinearSigmoid (a table on the uint8 codes) and
-QLinearMul on the codes, the same tensor of 3.3M codes took 1.5 ms instead of 3.7 ms.
+torch exports SiLU as x * Sigmoid(x). In a float graph onnxruntime fuses that pair into QuickGelu itself;
+between a DequantizeLinear and a QuantizeLinear it does not (the QDQ node units keep the Sigmoid and the Mul
+apart), and runs two float passes where one does. Written as QuickGelu, the SiLU between quantizers is
+DequantizeLinear, QuickGelu, QuantizeLinear.
 
-The sigmoid is quantized in between (scale 1/255, zero point 0: [0, 1] in 255 steps), so the op is no
-longer float SiLU followed by QuantizeLinear. Its output codes are a function of the input code alone, and
-the fake-quant model reproduces them exactly with that function's table, read from onnxruntime itself
-(`qlinear_silu_table`: the two kernels run on the 256 codes); `ort_qlinear_silu_exact` checks once per
-process that a long random tensor gives the table's codes (no position-dependent rounding in the vector
-loops), else the float form stays.
+Why not on the codes: QLinearSigmoid + QLinearMul (a 256-entry table and a product on uint8, with the sigmoid
+quantized to 1/255 in between) was this lowering until it was measured against QuickGelu. onnxruntime 1.32,
+AMD EPYC, 2 threads, whole models timed side by side (`interleaved_latency`, batch 1, 640x640):
+yolov8n latency-targeted INT8 8.15 -> 7.92 ms, yolo11n 9.59 -> 9.35 ms, yolov8n half-MACs 12.98 -> 12.82 ms;
+a lone SiLU on 64x80x80 codes 0.18 -> 0.13 ms, on 16x320x320 0.74 -> 0.77 ms. It also drops the
+sigmoid's own rounding: the codes are those of float SiLU followed by QuantizeLinear.
 
-    model = fuse_qlinear_silu(model)   # an ONNX ModelProto, rewritten in place and returned
+QuickGelu with alpha 1 is x * min(Sigmoid(x), 1) bit for bit: the same MLAS logistic and one float32
+product, except that its sigmoid never exceeds 1 where the Sigmoid kernel's approximation overshoots (20
+float32 values between 8 and 32, e.g. Sigmoid(17.844) = 1.0000001; checked over every float32 in +-[1, 32]
+and +-[1/64, 1], +-[32, 4096]). `ort_quick_gelu_exact` checks that once per process (else the pair stays), and
+the fake-quant model emulates that form (`emulate.py`, "quick_gelu"), so it gives onnxruntime's codes.
+
+    model = fuse_quick_gelu(model)   # an ONNX ModelProto, rewritten in place and returned
 """
 from __future__ import annotations
 
 import functools
+
 import numpy as np
 import onnx
-import torch
-from onnx import TensorProto, helper, numpy_helper
-
-from .onnx_nodes import consumers
+from onnx import TensorProto, helper
 
 MS_DOMAIN = "com.microsoft"
-SIGMOID_SCALE = 1.0 / 255.0      # the sigmoid's codes: [0, 1] in 255 steps
-SIGMOID_ZERO_POINT = 0
 
 
-def _two_kernels(x: str, sx: str, zx: str, sy: str, zy: str, y: str, ss: str, zs: str, prefix: str):
-    sig = f"{prefix}_sigmoid_codes"
-    return [helper.make_node("QLinearSigmoid", [x, sx, zx, ss, zs], [sig], name=f"{prefix}_QLinearSigmoid",
-                             domain=MS_DOMAIN),
-            helper.make_node("QLinearMul", [x, sx, zx, sig, ss, zs, sy, zy], [y], name=f"{prefix}_QLinearMul",
-                             domain=MS_DOMAIN)]
-
-
-def _sigmoid_quantization():
-    return [numpy_helper.from_array(np.array(SIGMOID_SCALE, np.float32), "qlinear_silu_sigmoid_scale"),
-            numpy_helper.from_array(np.array(SIGMOID_ZERO_POINT, np.uint8), "qlinear_silu_sigmoid_zero_point")]
-
-
-def fuse_qlinear_silu(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Replace every DequantizeLinear -> (Sigmoid, Mul) -> QuantizeLinear SiLU on uint8 codes by
-    QLinearSigmoid + QLinearMul (the DequantizeLinear stays where something else reads it)."""
-    graph = model.graph
-    readers = consumers(graph)
-    producer = {o: n for n in graph.node for o in n.output}
-    dead, fused = set(), {}
-    for mul in graph.node:
+def _silu_pairs(graph):
+    """{index of the Mul: index of the Sigmoid} for each Mul computing x * Sigmoid(x), the Sigmoid read by that
+    Mul alone."""
+    nodes = list(graph.node)
+    producer = {o: i for i, n in enumerate(nodes) for o in n.output}
+    readers = {o.name: 1 for o in graph.output}
+    for n in nodes:
+        for name in n.input:
+            readers[name] = readers.get(name, 0) + 1
+    pairs = {}
+    for i, mul in enumerate(nodes):
         if mul.op_type != "Mul" or len(mul.input) != 2:
             continue
-        sig = next((producer.get(i) for i in mul.input if getattr(producer.get(i), "op_type", None) == "Sigmoid"),
-                   None)
-        if sig is None or len(readers.get(sig.output[0], [])) != 1:
+        j = next((producer[name] for name in mul.input if name in producer
+                  and nodes[producer[name]].op_type == "Sigmoid"), None)
+        if j is None or readers[nodes[j].output[0]] != 1:
             continue
-        x = sig.input[0]
-        if sorted(mul.input) != sorted([x, sig.output[0]]):
-            continue
-        dq, q = producer.get(x), readers.get(mul.output[0], [])
-        if dq is None or dq.op_type != "DequantizeLinear" or len(dq.input) != 3 or dq.attribute:
-            continue
-        if len(q) != 1 or q[0].op_type != "QuantizeLinear" or len(q[0].input) != 3 or q[0].attribute:
-            continue
-        q = q[0]
-        dead.update(id(n) for n in (sig, mul, q))
-        fused[id(q)] = _two_kernels(dq.input[0], dq.input[1], dq.input[2], q.input[1], q.input[2], q.output[0],
-                                    "qlinear_silu_sigmoid_scale", "qlinear_silu_sigmoid_zero_point",
-                                    q.name or q.output[0])
-    if not fused:
+        if sorted(mul.input) == sorted([nodes[j].input[0], nodes[j].output[0]]):
+            pairs[i] = j
+    return pairs
+
+
+def fuse_quick_gelu(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Replace every x * Sigmoid(x) by QuickGelu(x, alpha=1) where onnxruntime computes it as
+    x * min(Sigmoid(x), 1), which the fake-quant model emulates."""
+    graph = model.graph
+    pairs = _silu_pairs(graph) if ort_quick_gelu_exact() else {}
+    if not pairs:
         return model
-    nodes = []
-    for n in graph.node:
-        if id(n) in fused:
-            nodes.extend(fused[id(n)])
-        elif id(n) not in dead:
-            nodes.append(n)
-    read = {i for n in nodes for i in n.input} | {o.name for o in graph.output}
-    nodes = [n for n in nodes if n.op_type != "DequantizeLinear" or n.output[0] in read]   # now unread
+    nodes, sigmoids = list(graph.node), set(pairs.values())
+    rewritten = []
+    for i, n in enumerate(nodes):
+        if i in pairs:
+            x = nodes[pairs[i]].input[0]
+            rewritten.append(helper.make_node("QuickGelu", [x], [n.output[0]], alpha=1.0, domain=MS_DOMAIN,
+                                              name=f"{n.name or n.output[0]}_QuickGelu"))
+        elif i not in sigmoids:
+            rewritten.append(n)
     del graph.node[:]
-    graph.node.extend(nodes)
-    graph.initializer.extend(_sigmoid_quantization())
+    graph.node.extend(rewritten)
     if not any(o.domain == MS_DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
     return model
 
 
-def _silu_graph(sx: float, zx: int, sy: float, zy: int) -> onnx.ModelProto:
-    inits = [numpy_helper.from_array(np.array(v, t), n) for v, t, n in
-             ((sx, np.float32, "sx"), (zx, np.uint8, "zx"), (sy, np.float32, "sy"), (zy, np.uint8, "zy"))]
-    graph = helper.make_graph(_two_kernels("x", "sx", "zx", "sy", "zy", "y", "qlinear_silu_sigmoid_scale",
-                                           "qlinear_silu_sigmoid_zero_point", "probe"), "qlinear_silu",
-                              [helper.make_tensor_value_info("x", TensorProto.UINT8, [None])],
-                              [helper.make_tensor_value_info("y", TensorProto.UINT8, [None])],
-                              initializer=inits + _sigmoid_quantization())
+def _graph(nodes) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "silu", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None])])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(MS_DOMAIN, 1)])
 
 
-def _run(model: onnx.ModelProto, codes: np.ndarray) -> np.ndarray:
+def silu_graphs():
+    """The exported pair and its fused form, as two one-input models (x -> y)."""
+    pair = _graph([helper.make_node("Sigmoid", ["x"], ["s"]), helper.make_node("Mul", ["x", "s"], ["y"])])
+    return pair, _graph([helper.make_node("QuickGelu", ["x"], ["y"], alpha=1.0, domain=MS_DOMAIN)])
+
+
+def run_unoptimized(model: onnx.ModelProto, x: np.ndarray, threads: int = 2) -> np.ndarray:
+    """Run `model` as written: without onnxruntime's graph rewrites, which would fuse the pair itself."""
     import onnxruntime as ort
     options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
+    options.intra_op_num_threads = threads
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return session.run(None, {"x": codes})[0]
-
-
-@functools.lru_cache(maxsize=4096)
-def qlinear_silu_table(sx: float, zx: int, sy: float, zy: int) -> torch.Tensor:
-    """The output code (float) of QLinearSigmoid + QLinearMul for each input code 0..255, from onnxruntime."""
-    codes = np.arange(256, dtype=np.uint8)
-    return torch.from_numpy(_run(_silu_graph(sx, zx, sy, zy), codes).astype(np.float32))
+    return session.run(None, {"x": x})[0]
 
 
 @functools.lru_cache(maxsize=None)
-def ort_qlinear_silu_exact() -> bool:
-    """Whether onnxruntime runs the two kernels and their codes follow the per-code table on a long tensor."""
+def ort_quick_gelu_exact() -> bool:
+    """Whether onnxruntime's QuickGelu(alpha=1) is x * min(Sigmoid(x), 1), its own Sigmoid's, on a long random
+    tensor and on every float32 where that Sigmoid's approximation comes near 1 (16 to 20)."""
     try:
         rng = np.random.default_rng(0)
-        for sx, zx, sy, zy in ((0.05, 128, 0.04, 10), (0.013, 200, 0.021, 3), (0.31, 5, 0.2, 1)):
-            codes = rng.integers(0, 256, 100_003, dtype=np.uint8)
-            got = _run(_silu_graph(sx, zx, sy, zy), codes)
-            if not np.array_equal(got.astype(np.float32), qlinear_silu_table(sx, zx, sy, zy).numpy()[codes]):
-                return False
-    except Exception:   # noqa: BLE001 - no onnxruntime or no contrib ops: the float form stays
+        near_one = np.arange(*np.array([16.0, 20.0], np.float32).view(np.int32), 7, dtype=np.int32).view(np.float32)
+        x = np.concatenate([(rng.standard_normal(1_000_003) * 8).astype(np.float32), near_one, -near_one,
+                            np.array([0.0, -0.0, 17.844, 1e-30, -120.0, 120.0], np.float32)])
+        sigmoid = _graph([helper.make_node("Sigmoid", ["x"], ["y"])])
+        expected = x * np.minimum(run_unoptimized(sigmoid, x), np.float32(1.0))
+        return bool(np.array_equal(run_unoptimized(silu_graphs()[1], x), expected))
+    except Exception:   # noqa: BLE001 - no onnxruntime or no contrib ops: the pair stays
         return False
-    return True
-
-
-def silu_codes(codes: torch.Tensor, sx: float, zx: int, sy: float, zy: int) -> torch.Tensor:
-    """Output codes (float) for uint8 input codes (float or int), by onnxruntime's table."""
-    return qlinear_silu_table(sx, zx, sy, zy).to(codes.device)[codes.long().clamp(0, 255)]

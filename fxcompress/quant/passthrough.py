@@ -7,10 +7,9 @@ float tensor and quantizing each piece with that scale. Where the tensor a chain
 quantized yet, the quantizer moves up the chain onto it, so that the op that made it is followed directly by
 its quantizer. YOLOv8's C2f and YOLO11's C3k2 read their first conv's SiLU output through
 `list(x.chunk(2, 1))` (getitem on the chunk's pieces) into convs and a concat: quantized after the split, one
-quantizer per piece, that SiLU was not between two quantizers and ran in float (DequantizeLinear, Sigmoid,
-Mul, QuantizeLinear: 8 of yolov8n's 57 SiLUs, 9 of yolo11n's 77 with C2PSA's split); quantized before it, the
-SiLU lowers to QLinearSigmoid + QLinearMul (lower_silu.py), and onnxruntime cuts the pieces from the uint8
-codes (its QDQ rules drop DequantizeLinear -> Slice / Split -> QuantizeLinear of one scale; torch writes a
+quantizer per piece, the SiLU's float output went through the split and one QuantizeLinear per piece (8 of
+yolov8n's 57 SiLUs, 9 of yolo11n's 77 with C2PSA's split); quantized before it, the SiLU's output is
+quantized once, and onnxruntime cuts the pieces from the uint8 codes (its QDQ rules drop DequantizeLinear -> Slice / Split -> QuantizeLinear of one scale; torch writes a
 chunk on a dynamic batch as Slices at offsets from Shape(x), which `shapes_of_codes` points at the codes).
 Each piece keeps a call of the shared quantizer (observe=False): the exported graph then says that the pieces
 carry the tensor's scale, and the INT8 check compares their codes too.

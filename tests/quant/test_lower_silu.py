@@ -1,15 +1,17 @@
-"""SiLU between quantizers lowers to QLinearSigmoid + QLinearMul, and the fake-quant model gives the codes
-onnxruntime computes (the INT8 check, bit for bit); a SiLU whose output is not quantized stays float."""
+"""SiLU lowers to QuickGelu (one float kernel instead of Sigmoid and Mul), which onnxruntime computes bit for
+bit as the pair, so the fake-quant model gives onnxruntime's codes (the INT8 check, bit for bit)."""
+import collections
+
 import numpy as np
 import onnx
 import torch
 import torch.nn as nn
+from onnx import TensorProto, helper
 
 import fxcompress
 from fxcompress.onnx.runtime import optimized_graph
 from fxcompress.passes import ExportONNX, FoldBatchNorm, QuantizeINT8
-from fxcompress.quant.lower_silu import (fuse_qlinear_silu, ort_qlinear_silu_exact, qlinear_silu_table,
-                                         _silu_graph, _run)
+from fxcompress.quant.lower_silu import fuse_quick_gelu, ort_quick_gelu_exact, run_unoptimized, silu_graphs
 
 
 class ConvSiLU(nn.Module):
@@ -26,40 +28,63 @@ class ConvSiLU(nn.Module):
         return self.head(self.body(y) + y)
 
 
-def test_the_table_is_silu_on_the_codes_within_a_step():
-    assert ort_qlinear_silu_exact()
-    sx, zx, sy, zy = 0.05, 128, 0.04, 10
-    table = qlinear_silu_table(sx, zx, sy, zy).numpy()
-    x = (np.arange(256) - zx) * sx
-    exact = np.clip(np.round(x / (1 + np.exp(-x)) / sy) + zy, 0, 255)
-    # the sigmoid is quantized to 1/255 in between: at most a step off silu's own codes, never more
-    assert np.abs(table - exact).max() <= 1 and (table != exact).mean() < 0.25
+def _model(nodes, inputs=("x",), shape=(4,)):
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(i, TensorProto.FLOAT, shape) for i in inputs],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)])
+    return helper.make_model(graph)
 
 
-def test_the_fused_graph_computes_the_table():
-    proto = _silu_graph(0.1, 100, 0.05, 7)
-    codes = np.random.default_rng(1).integers(0, 256, 5000, dtype=np.uint8)
-    assert np.array_equal(_run(proto, codes), qlinear_silu_table(0.1, 100, 0.05, 7).numpy().astype(np.uint8)[codes])
+def _sigmoid(x):
+    return run_unoptimized(_model([helper.make_node("Sigmoid", ["x"], ["y"])], shape=[None]), x)
 
 
-def test_int8_model_runs_silu_on_codes_and_the_check_passes_bit_for_bit(tmp_path):
+def test_quick_gelu_is_the_pair_with_its_sigmoid_capped_at_one():
+    assert ort_quick_gelu_exact()
+    pair, fused = silu_graphs()
+    x = np.linspace(-40, 40, 200_001, dtype=np.float32)
+    y, s = run_unoptimized(fused, x), _sigmoid(x)
+    assert np.array_equal(y, x * np.minimum(s, np.float32(1)))
+    # where onnxruntime's Sigmoid overshoots 1 the pair and QuickGelu differ: the cap is needed
+    over = s > 1
+    assert over.any() and not np.array_equal(y[over], run_unoptimized(pair, x)[over])
+    assert np.array_equal(y[~over], run_unoptimized(pair, x)[~over])
+    # and it is SiLU (MLAS's logistic: a few float32 ulps from the exact one)
+    assert np.abs(y - x / (1 + np.exp(-x.astype(np.float64)))).max() < 1e-5
+
+
+def test_the_pair_becomes_one_node_with_the_mul_output():
+    model = _model([helper.make_node("Sigmoid", ["x"], ["s"]), helper.make_node("Mul", ["s", "x"], ["y"])])
+    nodes = fuse_quick_gelu(model).graph.node
+    assert [(n.op_type, n.domain, list(n.input), list(n.output)) for n in nodes] == \
+        [("QuickGelu", "com.microsoft", ["x"], ["y"])]
+    assert nodes[0].attribute[0].name == "alpha" and nodes[0].attribute[0].f == 1.0
+    x = np.array([-3.0, -0.5, 0.25, 6.0], np.float32)
+    assert np.array_equal(run_unoptimized(model, x), run_unoptimized(silu_graphs()[0], x))
+    output = _model([helper.make_node("Sigmoid", ["x"], ["s"]), helper.make_node("Mul", ["s", "x"], ["y"])])
+    output.graph.output.append(helper.make_tensor_value_info("s", TensorProto.FLOAT, [4]))   # read outside
+    assert [n.op_type for n in fuse_quick_gelu(output).graph.node] == ["Sigmoid", "Mul"]
+
+
+def test_a_gate_or_a_shared_sigmoid_is_left_alone():
+    gate = _model([helper.make_node("Sigmoid", ["g"], ["s"]), helper.make_node("Mul", ["x", "s"], ["y"])],
+                  inputs=("x", "g"))     # squeeze-excitation: x * sigmoid(g), not SiLU
+    assert [n.op_type for n in fuse_quick_gelu(gate).graph.node] == ["Sigmoid", "Mul"]
+    shared = _model([helper.make_node("Sigmoid", ["x"], ["s"]), helper.make_node("Mul", ["x", "s"], ["m"]),
+                     helper.make_node("Add", ["m", "s"], ["y"])])   # the sigmoid is read twice
+    assert [n.op_type for n in fuse_quick_gelu(shared).graph.node] == ["Sigmoid", "Mul", "Add"]
+
+
+def test_int8_model_runs_each_silu_as_quick_gelu_and_the_check_passes_bit_for_bit(tmp_path):
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(1)
     calib = [torch.randn(4, 3, 16, 16, generator=g) for _ in range(3)]
     path = str(tmp_path / "m.onnx")
     result = fxcompress.compile(ConvSiLU().eval(), [FoldBatchNorm(), QuantizeINT8(progress=False), ExportONNX(path)],
                                 (calib[0],), calib_loader=calib, val_loader=calib[:1], progress=False)
-    ops = [n.op_type for n in onnx.load(path).graph.node]
-    assert ops.count("QLinearSigmoid") == 2 and ops.count("QLinearMul") == 2 and "Sigmoid" not in ops
-    assert "Sigmoid" not in [n.op_type for n in optimized_graph(path).graph.node]
+    ops = collections.Counter(n.op_type for n in onnx.load(path).graph.node)
+    assert ops["QuickGelu"] == 2 and ops["Sigmoid"] == 0 and ops["Mul"] == 0
+    optimized = collections.Counter(n.op_type for n in optimized_graph(path).graph.node)
+    assert optimized["QuickGelu"] == 2 and optimized["QLinearConv"] == 3 and optimized["Sigmoid"] == 0
+    assert result.report.records[1].metrics["emulated_sigmoids"] == 2
     metrics = result.report.records[-1].metrics
     assert metrics["max_code_step"] == 0 and metrics["code_flip_fraction"] == 0
-
-
-def test_a_silu_without_quantized_codes_on_both_sides_is_left_alone():
-    from onnx import TensorProto, helper
-    nodes = [helper.make_node("Sigmoid", ["x"], ["s"]), helper.make_node("Mul", ["x", "s"], ["y"])]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])])
-    model = helper.make_model(graph)
-    assert [n.op_type for n in fuse_qlinear_silu(model).graph.node] == ["Sigmoid", "Mul"]

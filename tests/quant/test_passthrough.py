@@ -1,7 +1,7 @@
 """Pass-through ops (chunk/split, getitem, reshape...) share one quantizer, placed before them on the tensor they
-move: YOLO's C2f SiLU -> chunk -> convs + concat quantizes the SiLU's output once, so the SiLU lowers to
-QLinearSigmoid + QLinearMul and onnxruntime slices the codes; the INT8 check still passes bit for bit. A float
-reader of the tensor keeps the quantizers after the split."""
+move: YOLO's C2f SiLU -> chunk -> convs + concat quantizes the SiLU's output once, and onnxruntime slices the
+codes; the INT8 check still passes bit for bit. A float reader of the tensor keeps the quantizers after the
+split."""
 import collections
 import operator
 
@@ -60,6 +60,11 @@ def _plan(model):
     return gm, plan_quantization(gm)
 
 
+def _is_quantizer(gm, node) -> bool:
+    from fxcompress.quant.fake_quant import ActivationQuantizer
+    return node.op == "call_module" and isinstance(gm.get_submodule(node.target), ActivationQuantizer)
+
+
 def _node(gm, name):
     return next(n for n in gm.graph.nodes if n.name == name)
 
@@ -76,20 +81,21 @@ def test_the_quantizer_sits_before_the_split_and_the_pieces_share_it(how):
 
 
 @pytest.mark.parametrize("how", ["chunk", "split"])
-def test_silu_before_a_split_lowers_to_qlinear_sigmoid_and_matches_the_fake_quant_model(tmp_path, how):
+def test_silu_before_a_split_is_quantized_once_and_the_pieces_are_cut_from_its_codes(tmp_path, how):
     path = str(tmp_path / "m.onnx")
     result = _export(C2fLike(how=how), path)
-    ops = collections.Counter(n.op_type for n in onnx.load(path).graph.node)
-    # after the split, one quantizer per piece, the SiLU ran as Sigmoid and Mul in float
-    assert ops["QLinearSigmoid"] == 1 and ops["QLinearMul"] == 1 and ops["Sigmoid"] == 0
-    optimized = collections.Counter(n.op_type for n in optimized_graph(path).graph.node)
-    assert optimized["Sigmoid"] == 0 and optimized["QLinearConv"] == 4
-    # the pieces are cut from the codes: one DequantizeLinear left, the model's output
-    assert optimized["DequantizeLinear"] == 1 and optimized["QuantizeLinear"] == 1   # the input's
+    optimized = optimized_graph(path).graph
+    ops = collections.Counter(n.op_type for n in optimized.node)
+    assert ops["Sigmoid"] == 0 and ops["QLinearConv"] == 4
+    # after the split, one quantizer per piece: a QuantizeLinear after each piece. Before it, the SiLU's one
+    # QuantizeLinear feeds the split, whose pieces go to integer kernels as codes
+    producer = {o: n for n in optimized.node for o in n.output}
+    splits = [n for n in optimized.node if n.op_type in ("Split", "Slice")]
+    assert splits and all(producer[n.input[0]].op_type == "QuantizeLinear" for n in splits)
+    assert ops["QuantizeLinear"] == 1 + ops["QuickGelu"]   # the input's and each SiLU's own
     metrics = result.report.records[-1].metrics
     assert metrics["max_code_step"] == 0 and metrics["code_flip_fraction"] == 0
     assert metrics["snr_forced_db"] == float("inf")
-    assert result.report.records[1].metrics["qlinear_silus"] == 1
 
 
 def test_a_float_reader_keeps_the_quantizers_after_the_split(tmp_path):
@@ -143,8 +149,9 @@ def test_shape_reads_the_codes_and_the_unread_dequantize_goes():
     assert [(n.op_type, list(n.input)) for n in model.graph.node] == [("Shape", ["q"])]
 
 
-def test_yolov8n_runs_every_silu_on_codes(tmp_path):
-    """The 8 SiLUs feeding C2f's chunk ran in float before; now only the class scores' sigmoid (an output) does."""
+def test_yolov8n_quantizes_every_silu_once_and_splits_codes(tmp_path):
+    """The 8 SiLUs feeding C2f's chunk were quantized after the split, once per piece; now each of the 57 SiLUs
+    has one quantizer, and the chunks cut uint8 codes."""
     tasks = pytest.importorskip("ultralytics.nn.tasks")
     torch.manual_seed(0)
     model = tasks.DetectionModel("yolov8n.yaml", verbose=False).eval()
@@ -154,7 +161,15 @@ def test_yolov8n_runs_every_silu_on_codes(tmp_path):
     result = fxcompress.compile(model, [FoldBatchNorm(), QuantizeINT8(progress=False), ExportONNX(path)],
                                 (calib[0][:1],), calib_loader=calib, progress=False)
     ops = collections.Counter(n.op_type for n in onnx.load(path).graph.node)
-    assert ops["QLinearSigmoid"] == 57 and ops["Sigmoid"] == 1
+    assert ops["QuickGelu"] == 57 and ops["Sigmoid"] == 1   # the class scores' sigmoid, an output
+    optimized = optimized_graph(path).graph
+    producer = {o: n for n in optimized.node for o in n.output}
+    readers = collections.Counter(i for n in optimized.node for i in n.input)
+    gelus = [n for n in optimized.node if n.op_type == "QuickGelu"]
+    assert len(gelus) == 57 and all(readers[n.output[0]] == 1 for n in gelus)
+    splits = [n for n in optimized.node if n.op_type in ("Split", "Slice") and n.input[0] in producer]
+    channel_splits = [n for n in splits if producer[n.input[0]].op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert len(channel_splits) >= 8 and all(producer[n.input[0]].op_type == "QuantizeLinear" for n in channel_splits)
     metrics = result.report.records[-1].metrics
     assert metrics["max_code_step"] == 0 and metrics["code_flip_fraction"] == 0
 
@@ -191,12 +206,14 @@ class FusedMBConvLike(nn.Module):
 
 
 def test_a_silu_before_stochastic_depth_is_followed_by_its_quantizer(tmp_path):
-    """The file fuses that SiLU into QLinearSigmoid + QLinearMul; the fake-quant model must compute those codes
-    too (without the pass-through rule for stochastic depth, the check refuses it: the add's codes one step off)."""
+    """Stochastic depth is gone from the file: the SiLU's QuantizeLinear follows it directly there, and so must
+    the fake-quant model's quantizer."""
     path = str(tmp_path / "m.onnx")
     result = _export(FusedMBConvLike(), path)
     ops = collections.Counter(n.op_type for n in onnx.load(path).graph.node)
-    assert ops["QLinearSigmoid"] == 2 and ops["Sigmoid"] == 0
-    assert result.report.records[1].metrics["qlinear_silus"] == 2
+    assert ops["QuickGelu"] == 2 and ops["Sigmoid"] == 0
+    gm = result.model
+    depth = next(n for n in gm.graph.nodes if "stochastic_depth" in n.name)
+    assert _is_quantizer(gm, depth.args[0])   # the SiLU's quantizer, before stochastic depth
     metrics = result.report.records[-1].metrics
     assert metrics["max_code_step"] == 0 and metrics["code_flip_fraction"] == 0
