@@ -142,6 +142,8 @@ def _compare_with_model(gm: fx.GraphModule, model: torch.nn.Module, example_inpu
             with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
                 compare_outputs(gm(*inputs), expected, TOLERANCES["exact_transform"], what)
             holds[what] = True
-        except (VerificationError, RuntimeError, ValueError) as e:
+        except (VerificationError, RuntimeError, ValueError, AssertionError) as e:
+            # AssertionError: a frozen branch reaches a shape assert the model's own branch avoids (crossvit's
+            # scale_image skips its resize at the example's size; at another, the patch embedding asserts)
             holds[what] = f"no: {type(e).__name__}: {str(e).splitlines()[0][:120]}"
     return holds

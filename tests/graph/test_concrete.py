@@ -43,6 +43,33 @@ def test_shape_dependent_python_is_traced_on_the_example_and_prunes():
     assert result.report.records[1].params_after < result.report.records[1].params_before
 
 
+class ResizeThenAssert(nn.Module):
+    """crossvit's scale_image + patch embedding: a resize skipped when the input already has the expected
+    size, then an assert on that size. Traced at the expected size, the resize is frozen out, and at another
+    size the graph reaches the assert that the model's own resize avoids."""
+
+    def __init__(self, size=12):
+        super().__init__()
+        self.size, self.conv = size, nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        parts = list(x.chunk(1, 0))                     # symbolic tracing gives up here
+        x = parts[0]
+        if x.shape[-1] != self.size:
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        torch._assert(x.shape[-1] == self.size, f"Input image size ({x.shape[-1]}) doesn't match model")
+        return self.conv(x)
+
+
+def test_a_frozen_branch_that_reaches_an_assert_is_reported_not_raised():
+    model, x = ResizeThenAssert().eval(), torch.randn(1, 3, 12, 12)
+    gm, info = capture(model, (x,))
+    assert info["method"] == "concrete"
+    assert info["holds_for"]["batch"] is True
+    assert info["holds_for"]["size"].startswith("no: AssertionError")
+    torch.testing.assert_close(gm(x), model(x))
+
+
 class DataBranch(nn.Module):
     def __init__(self):
         super().__init__()
