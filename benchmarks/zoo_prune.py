@@ -132,7 +132,7 @@ def run_one(name: str, args, tmpdir: str) -> dict:
                    groups=groups.metrics.get("groups"), prunable_groups=groups.metrics.get("prunable_groups"),
                    exact_rel_err=prune_rec.metrics.get("max_rel_error", prune_rec.metrics.get("removal_max_rel_error")),
                    onnx_rel_err=export_rec.metrics.get("max_rel_error"),
-                   fixed_reasons=groups.metrics.get("fixed_reasons"))
+                   fixed_reasons=groups.metrics.get("fixed_reasons"), capture=result.report.capture.get("method"))
         row["params_removed"] = round(1 - prune_rec.params_after / prune_rec.params_before, 4)
         row["macs_removed"] = round(1 - prune_rec.macs_after / prune_rec.macs_before, 4)
         quantity = "macs" if args.method == "resrep" else "params"   # what the method is asked to reduce

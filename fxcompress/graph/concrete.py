@@ -71,15 +71,28 @@ class ConcreteTracer(LeafTracer):
         self._placeholders = 0
         self.specialised: list = []   # where Python read a value: "bool <node>", "len <node>", ...
         self.data_dependent: set = set()   # nodes whose value depends on tensor values, not only on shapes
+        self._plain_tensors: dict = {}     # id of a buffer read as a graph node: its qualified name, while tracing
 
     def trace(self, root, concrete_args=None):
         self.values.clear()
         self._placeholders = 0
         try:
-            with torch.no_grad():
+            with torch.no_grad(), _tensor_attributes_as_buffers(root):
+                self._plain_tensors = _traced_tensors(root)
                 return super().trace(root, concrete_args)
         finally:
             self.values.clear()   # the example's activations are not kept
+            self._plain_tensors = {}
+
+    def getattr(self, attr: str, attr_val, parameter_proxy_cache):
+        """A buffer or plain tensor attribute of a module whose Python is traced (`_traced_tensors`) is read as
+        a get_attr node, so its methods become nodes too; fx itself proxies parameters only."""
+        target = self._plain_tensors.get(id(attr_val)) if isinstance(attr_val, torch.Tensor) else None
+        if target is None:
+            return super().getattr(attr, attr_val, parameter_proxy_cache)
+        if target not in parameter_proxy_cache:
+            parameter_proxy_cache[target] = self.create_proxy("get_attr", target, (), {})
+        return parameter_proxy_cache[target]
 
     def proxy(self, node: fx.Node) -> Proxy:
         return ConcreteProxy(node, self)
@@ -174,6 +187,43 @@ def _reads_metadata(node: fx.Node) -> bool:
     if node.op == "call_function":
         return (node.target is getattr and node.args[1] in _METADATA_ATTRIBUTES) or node.target is len
     return False
+
+
+def _traced_tensors(root: torch.nn.Module) -> dict:
+    """{id: qualified name} of the buffers of the modules whose forward the tracer reads (not torch.nn's own
+    layers, whose buffers only their own forward reads): convit's GPSA keeps `rel_indices` as a buffer and
+    calls `rel_indices.expand(B, -1, -1, -1)` with a traced `B`, which a constant tensor cannot take."""
+    out = {}
+    for qualname, m in root.named_modules():
+        if m is root or not type(m).__module__.startswith("torch.nn."):
+            for name, value in m._buffers.items():
+                if value is not None:
+                    out.setdefault(id(value), f"{qualname}.{name}".lstrip("."))
+    return out
+
+
+@contextlib.contextmanager
+def _tensor_attributes_as_buffers(root: torch.nn.Module):
+    """Tensors kept as plain module attributes (neither parameters nor buffers: convit's `rel_indices`, cached by
+    its first forward) are invisible to fx, which reads module attributes through nn.Module.__getattr__, called
+    for parameters, buffers and submodules only: such a tensor's methods run eagerly, and
+    `rel_indices.expand(B, -1, -1, -1)` with a traced `B` fails. While tracing they are non-persistent buffers,
+    which fx reads as get_attr nodes; then they are plain attributes again."""
+    moved = []
+    for m in root.modules():
+        for name, value in list(vars(m).items()):
+            if isinstance(value, torch.Tensor) and not isinstance(value, torch.nn.Parameter):
+                del m.__dict__[name]
+                m._buffers[name] = value
+                m._non_persistent_buffers_set.add(name)
+                moved.append((m, name))
+    try:
+        yield
+    finally:
+        for m, name in moved:
+            value = m._buffers.pop(name, None)
+            m._non_persistent_buffers_set.discard(name)
+            m.__dict__[name] = value
 
 
 @contextlib.contextmanager

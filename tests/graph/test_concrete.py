@@ -70,6 +70,33 @@ def test_a_frozen_branch_that_reaches_an_assert_is_reported_not_raised():
     torch.testing.assert_close(gm(x), model(x))
 
 
+class CachedTable(nn.Module):
+    """convit's GPSA: a table kept as a plain tensor attribute (not a buffer) once a first forward made it,
+    expanded to the traced batch size; a branch on its shape sends symbolic tracing to the specialising one."""
+
+    def __init__(self, n=16):
+        super().__init__()
+        self.table = None
+        self.proj = nn.Linear(n, n)
+
+    def forward(self, x):
+        if self.table is None or self.table.shape[1] != x.shape[1]:
+            self.table = torch.linspace(0, 1, x.shape[1] * x.shape[2]).reshape(1, x.shape[1], x.shape[2])
+        return self.proj(x + self.table.expand(x.shape[0], -1, -1))
+
+
+def test_a_plain_tensor_attribute_is_read_as_a_graph_constant_and_put_back():
+    model, x = CachedTable().eval(), torch.randn(2, 16, 16)
+    model(x)                                      # the first forward caches the table as a plain attribute
+    table = model.table
+    gm, info = capture(model, (x,))
+    assert info["method"] == "concrete"
+    assert info["holds_for"]["batch"] is True     # expand follows the batch size
+    torch.testing.assert_close(gm(x), model(x))
+    assert model.table is table and "table" not in dict(model.named_buffers())   # as it was
+    assert any(n.op == "get_attr" and n.target == "table" for n in gm.graph.nodes)
+
+
 class DataBranch(nn.Module):
     def __init__(self):
         super().__init__()
