@@ -128,7 +128,16 @@ def _check_against_model(gm: fx.GraphModule, model: torch.nn.Module, example_inp
 
 def _compare_with_model(gm: fx.GraphModule, model: torch.nn.Module, example_inputs) -> Dict[str, object]:
     with torch.no_grad():
-        compare_outputs(gm(*example_inputs), model(*example_inputs), TOLERANCES["exact_transform"],
+        try:   # fx prints the generated code of a failing graph to stderr: the error says where instead
+            with contextlib.redirect_stderr(io.StringIO()):
+                traced = gm(*example_inputs)
+        except Exception as e:  # noqa: BLE001 - whatever the graph raises, the capture is what failed
+            raise VerificationError(
+                f"the graph traced from {type(model).__name__} on the example inputs fails on those very inputs "
+                f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}): the specialising "
+                f"tracer froze Python that does not hold; pass the module named in the traceback as a leaf "
+                f"(leaf_modules=[...])") from e
+        compare_outputs(traced, model(*example_inputs), TOLERANCES["exact_transform"],
                         "graph traced on the example inputs vs the model")
     holds = {}
     for what, inputs in _variants(example_inputs).items():

@@ -194,3 +194,21 @@ def test_a_sequential_root_gets_no_tensor_constants():
     gm, _ = capture(model, (torch.randn(1, 3, 4, 4),))
     assert not any(k.startswith("_tensor_constant") for k in vars(model))
     assert any(k.startswith("_tensor_constant") for k in dict(gm.named_buffers()) | vars(gm))
+
+
+def test_a_graph_failing_on_its_own_example_is_a_verification_error_naming_the_model():
+    from fxcompress.graph.capture import _check_against_model
+
+    class Asserts(nn.Module):
+        def forward(self, x):
+            torch._assert(x.shape[0] == 5, "batch of 5 only")
+            return x + 1
+
+    class Model(nn.Module):
+        def forward(self, x):
+            return x + 1
+
+    gm = torch.fx.symbolic_trace(Asserts())
+    with pytest.raises(fxcompress.VerificationError) as info:
+        _check_against_model(gm, Model(), (torch.randn(2, 3),))
+    assert "traced from Model" in str(info.value) and "AssertionError: batch of 5 only" in str(info.value)
