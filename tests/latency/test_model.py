@@ -7,7 +7,7 @@ import torch
 
 from fxcompress.latency import LatencyModel, Runtime, export_for, measure
 from fxcompress.latency.layers import find_layers
-from fxcompress.latency.model import calibration_plan
+from fxcompress.latency.model import CALIBRATION_KEEP, calibration_plan
 from fxcompress.prune.apply import apply_plan
 from fxcompress.prune.plan import magnitude_scores, plan_from_scores
 from latency_models import BATCH, X
@@ -70,9 +70,13 @@ def test_the_calibration_plan_keeps_widths_on_the_channel_block(tiny):
     _, _, groups = tiny
     plan = calibration_plan(groups, [g.id for g in groups.prunable()], round_to=8)
     widths = {groups.groups[gid].size: len(kept) for gid, kept in plan.items()}
-    # 64 channels: 3/4 is 48, on the block of 16; 32: 24 is off the block, 32 no change: it stays whole
-    assert widths == {64: 48}
-    assert {len(k) for k in calibration_plan(groups, [g.id for g in groups.prunable()], round_to=4).values()} == {24, 48}
+    # 64 channels: 0.6 of it is 38.4, 32 on the block of 16; 32 channels: 19.2, 16 on the block
+    assert widths == {64: 32, 32: 16}
+    # no block at round_to=4 (period 0): steps of 4, 40 and 20
+    assert {len(k) for k in calibration_plan(groups, [g.id for g in groups.prunable()], round_to=4).values()} == {20, 40}
+    # nearer 1 (the old 3/4): 48 on the block; 24 off it, and 32 would not shrink, so that group stays whole
+    assert {groups.groups[g].size: len(k) for g, k in
+            calibration_plan(groups, [g.id for g in groups.prunable()], round_to=8, keep=0.75).items()} == {64: 48}
     assert calibration_plan(groups, [], round_to=8) == {}
 
 
@@ -81,7 +85,7 @@ def test_the_second_point_fits_one_fixed_share_and_keeps_the_unpruned_time(which
     lm = request.getfixturevalue(which)
     c = lm.calibration
     point = c.second_point
-    assert point["keep"] == 0.75 and point["groups"] == 1 and 0.3 < point["measured"] < 1.0
+    assert point["keep"] == CALIBRATION_KEEP == 0.6 and point["groups"] == 2 and 0.2 < point["measured"] < 1.0
     share = c.fixed_share
     assert share == point["fixed_share"] == min(max(point["fixed_share_fitted"], 0.0), 0.8)
     one = lm.one_point().calibration
