@@ -189,16 +189,20 @@ def _reads_metadata(node: fx.Node) -> bool:
     return False
 
 
+def _python_modules(root: torch.nn.Module):
+    """(qualified name, module) of the modules whose forward the tracer reads: the root and every module not
+    of torch.nn's own layers (whose buffers only their own forward reads)."""
+    return [(q, m) for q, m in root.named_modules() if m is root or not type(m).__module__.startswith("torch.nn.")]
+
+
 def _traced_tensors(root: torch.nn.Module) -> dict:
-    """{id: qualified name} of the buffers of the modules whose forward the tracer reads (not torch.nn's own
-    layers, whose buffers only their own forward reads): convit's GPSA keeps `rel_indices` as a buffer and
-    calls `rel_indices.expand(B, -1, -1, -1)` with a traced `B`, which a constant tensor cannot take."""
+    """{id: qualified name} of those modules' buffers: convit's GPSA keeps `rel_indices` as a buffer and calls
+    `rel_indices.expand(B, -1, -1, -1)` with a traced `B`, which a constant tensor cannot take."""
     out = {}
-    for qualname, m in root.named_modules():
-        if m is root or not type(m).__module__.startswith("torch.nn."):
-            for name, value in m._buffers.items():
-                if value is not None:
-                    out.setdefault(id(value), f"{qualname}.{name}".lstrip("."))
+    for qualname, m in _python_modules(root):
+        for name, value in m._buffers.items():
+            if value is not None:
+                out.setdefault(id(value), f"{qualname}.{name}".lstrip("."))
     return out
 
 
@@ -207,10 +211,11 @@ def _tensor_attributes_as_buffers(root: torch.nn.Module):
     """Tensors kept as plain module attributes (neither parameters nor buffers: convit's `rel_indices`, cached by
     its first forward) are invisible to fx, which reads module attributes through nn.Module.__getattr__, called
     for parameters, buffers and submodules only: such a tensor's methods run eagerly, and
-    `rel_indices.expand(B, -1, -1, -1)` with a traced `B` fails. While tracing they are non-persistent buffers,
-    which fx reads as get_attr nodes; then they are plain attributes again."""
+    `rel_indices.expand(B, -1, -1, -1)` with a traced `B` fails. While tracing, those of the modules whose
+    Python is traced are non-persistent buffers, read as get_attr nodes (`_traced_tensors`); then they are
+    plain attributes again."""
     moved = []
-    for m in root.modules():
+    for _, m in _python_modules(root):
         for name, value in list(vars(m).items()):
             if isinstance(value, torch.Tensor) and not isinstance(value, torch.nn.Parameter):
                 del m.__dict__[name]

@@ -21,7 +21,8 @@ batch 1 halved was predicted 14 % low: layer1's convs halved run at 0.37 of full
 their table says 0.31. The second model sits at 0.6 of the widths, not nearer 1: the fit divides the
 prediction's miss there by what the widths save, and at 3/4 the saving was small enough that a 2 % wobble in
 the measurement moved the share by 0.1 (mobilenet_v2 FP32, batch 1: fitted -0.05 in one run, +0.18 in the
-next); at 0.6 the 48 predictions of benchmarks/latency_target.py went from 42 to 45 within 10 %.
+next). At 0.6, 45 and then 42 of benchmarks/latency_target.py's 48 predictions were within 10 % (42 at 3/4
+the session before): between runs the errors move by several points (README).
 
     predicted_ms(plan) = measured_ms x (sum_l layer_l x [s + (1 - s) x table_l(plan)]
                                         + other x [s + (1 - s) x activations(plan)] + fixed)

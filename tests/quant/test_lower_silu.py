@@ -88,3 +88,30 @@ def test_int8_model_runs_each_silu_as_quick_gelu_and_the_check_passes_bit_for_bi
     assert result.report.records[1].metrics["emulated_sigmoids"] == 2
     metrics = result.report.records[-1].metrics
     assert metrics["max_code_step"] == 0 and metrics["code_flip_fraction"] == 0
+
+
+class WrittenOutSwish(nn.Module):
+    """SiLU written as x * torch.sigmoid(x) (timm's and EfficientDet's Swish), between two convs."""
+
+    def __init__(self, c=8):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, c, 3, padding=1), nn.Conv2d(c, 4, 1)
+
+    def forward(self, x):
+        h = self.a(x)
+        return self.b(h * torch.sigmoid(h))
+
+
+def test_a_written_out_swish_is_fused_too_and_emulated_with_the_capped_sigmoid(tmp_path):
+    from fxcompress.quant.emulate import IntegerEmulation
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    calib = [torch.randn(4, 3, 12, 12, generator=g) * 4 for _ in range(3)]
+    path = str(tmp_path / "m.onnx")
+    result = fxcompress.compile(WrittenOutSwish().eval(), [QuantizeINT8(progress=False), ExportONNX(path)],
+                                (calib[0],), calib_loader=calib, val_loader=calib[:1], progress=False)
+    assert collections.Counter(n.op_type for n in onnx.load(path).graph.node)["QuickGelu"] == 1
+    kinds = [m.kind for m in result.model.modules() if isinstance(m, IntegerEmulation)]
+    assert "silu_sigmoid" in kinds and "sigmoid" not in kinds
+    metrics = result.report.records[-1].metrics
+    assert metrics["max_code_step"] == 0 and metrics["code_flip_fraction"] == 0
