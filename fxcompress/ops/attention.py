@@ -56,12 +56,17 @@ def multihead_attention_macs(v) -> int:
     return B * (L * e_in * h * qk + S * e_in * h * (qk + vd) + L * S * h * (qk + vd) + L * h * vd * e_out)
 
 
+KEYS_STAY = "attention: the softmax normalises over the keys (a removed key is not a zeroed one)"
+
+
 @COUPLING.register(F.scaled_dot_product_attention)
 def sdpa_coupling(r) -> None:
     """q [.., L, E], k [.., S, E], v [.., S, Ev] -> out [.., L, Ev]: leading (batch, head) dims shared by all
     four; q's and k's embedding positions go together (their dot products lose only zeroed terms; the
     softmax scale, 1/sqrt(E) by default, is kept by the resize rule), v's with the output's; queries with the
-    output, keys with values. A mask tensor or a dropout in training stays out (its dims stay fixed)."""
+    output, keys with values, but the keys stay: the softmax normalises over them, and a zeroed key still
+    weighs exp(0) in it (`KEYS_STAY`; naflexvit's 4 register tokens, half removed, moved its output by 1.7e-3).
+    A mask tensor or a dropout in training stays out (its dims stay fixed)."""
     q, k, v, y = r.arg(0, "query"), r.arg(1, "key"), r.arg(2, "value"), r.out()
     if r.raw(3, "attn_mask") is not None:
         raise ValueError("attention mask tensor")
@@ -71,6 +76,7 @@ def sdpa_coupling(r) -> None:
             r.same(q, d, t, d)
     r.same(q, rank - 2, y, rank - 2)
     r.same(k, rank - 2, v, rank - 2)
+    r.block(k, rank - 2, KEYS_STAY)
     r.same(q, rank - 1, k, rank - 1)
     r.same(v, rank - 1, y, rank - 1)
 
@@ -147,6 +153,7 @@ def multihead_attention_coupling(r) -> None:
     y = r.out(0)
     if not m.batch_first:
         r.same(q, 0, y, 0)
+    r.block(q, 1 if m.batch_first and r.rank(q) == 3 else 0, KEYS_STAY)   # self-attention: the tokens are keys
     qk, v = getattr(m, "qk_dim", m.head_dim), getattr(m, "v_dim", m.head_dim)
     attention_heads(r, q, y, r.param("in_proj_weight"), r.param("in_proj_bias"), r.param("out_proj.weight"),
                     r.param("out_proj.bias"), m.num_heads, qk, v)
@@ -166,6 +173,8 @@ def window_attention_coupling(r) -> None:
     attention_heads(r, x, y, qkv_w, r.arg(9, "qkv_bias"), proj_w, r.arg(10, "proj_bias"), heads, qk, v)
     for d in range(3):
         r.same(x, d, y, d)
+    for d in (1, 2):   # a window's tokens are its keys
+        r.block(x, d, KEYS_STAY)
 
 
 # ---- resizing under pruning

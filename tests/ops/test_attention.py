@@ -124,3 +124,41 @@ def test_packed_qkv_with_sdpa_prunes_head_dims_exactly_keeping_the_scale():
     assert result.model.qkv.out_features < 48 and record.metrics["max_rel_error"] < 1e-5
     sdpa = next(n for n in result.model.graph.nodes if n.target is torch.nn.functional.scaled_dot_product_attention)
     assert sdpa.kwargs["scale"] == pytest.approx(8 ** -0.5)    # the unpruned head_dim's scale, written out
+
+
+class RegisterTokens(nn.Module):
+    """naflexvit: learned register tokens concatenated to the patch tokens along the sequence, then
+    self-attention; the register tokens form a group of their own along the token dim."""
+
+    def __init__(self, dim=16, regs=4, attention="sdpa"):
+        super().__init__()
+        self.reg = nn.Parameter(torch.randn(1, regs, dim))
+        self.embed = nn.Linear(dim, dim)
+        self.attn = PackedSdpa(dim) if attention == "sdpa" else nn.MultiheadAttention(dim, 2, batch_first=True)
+
+    def forward(self, x):
+        x = torch.cat([self.reg.expand(x.shape[0], -1, -1), self.embed(x)], 1)
+        y = self.attn(x) if isinstance(self.attn, PackedSdpa) else self.attn(x, x, x, need_weights=False)[0]
+        return y[:, self.reg.shape[1]:]   # the patch tokens' outputs
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "mha"])
+def test_tokens_that_are_keys_stay(attention):
+    """Removing a key is not zeroing it (a zero key still weighs exp(0) in the softmax): the register tokens'
+    group must stay whole, with the reason; the embedding channels still prune exactly."""
+    import fxcompress
+    from fxcompress.ops.attention import KEYS_STAY
+    from fxcompress.passes import ChannelGroups, MagnitudePrune
+    torch.manual_seed(0)
+    model, x = RegisterTokens(attention=attention).eval(), torch.randn(2, 6, 16)
+    result = fxcompress.compile(model, [ChannelGroups(), MagnitudePrune(0.5)], x, progress=False)
+    groups, record = result.report.records
+    assert groups.metrics["fixed_reasons"].get(KEYS_STAY, 0) >= 1
+    assert result.model.reg.shape[1] == 4 and record.metrics["max_rel_error"] < 1e-5
+    # what the rule prevents: half the register tokens removed changes the patch tokens' outputs
+    with torch.no_grad():
+        fewer = RegisterTokens(regs=2, attention=attention).eval()
+        fewer.load_state_dict({**model.state_dict(), "reg": model.reg[:, :2]})
+        zeroed = RegisterTokens(attention=attention).eval()
+        zeroed.load_state_dict({**model.state_dict(), "reg": torch.cat([model.reg[:, :2], 0 * model.reg[:, 2:]], 1)})
+        assert not torch.allclose(fewer(x), zeroed(x), atol=1e-4)
