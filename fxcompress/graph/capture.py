@@ -126,6 +126,11 @@ def _check_against_model(gm: fx.GraphModule, model: torch.nn.Module, example_inp
         return _compare_with_model(gm, model, example_inputs)
 
 
+def _first_line(e: Exception, limit: int) -> str:
+    """An exception's message, its first line, cut to `limit` characters ('' for `AssertionError()`)."""
+    return (str(e).splitlines() or [""])[0][:limit]
+
+
 def _compare_with_model(gm: fx.GraphModule, model: torch.nn.Module, example_inputs) -> Dict[str, object]:
     with torch.no_grad():
         try:   # fx prints the generated code of a failing graph to stderr: the error says where instead
@@ -134,7 +139,7 @@ def _compare_with_model(gm: fx.GraphModule, model: torch.nn.Module, example_inpu
         except Exception as e:  # noqa: BLE001 - whatever the graph raises, the capture is what failed
             raise VerificationError(
                 f"the graph traced from {type(model).__name__} on the example inputs fails on those very inputs "
-                f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}): the specialising "
+                f"({type(e).__name__}: {_first_line(e, 200)}): the specialising "
                 f"tracer froze Python that does not hold; pass the module named in the traceback as a leaf "
                 f"(leaf_modules=[...])") from e
         compare_outputs(traced, model(*example_inputs), TOLERANCES["exact_transform"],
@@ -154,5 +159,5 @@ def _compare_with_model(gm: fx.GraphModule, model: torch.nn.Module, example_inpu
         except (VerificationError, RuntimeError, ValueError, AssertionError) as e:
             # AssertionError: a frozen branch reaches a shape assert the model's own branch avoids (crossvit's
             # scale_image skips its resize at the example's size; at another, the patch embedding asserts)
-            holds[what] = f"no: {type(e).__name__}: {str(e).splitlines()[0][:120]}"
+            holds[what] = f"no: {type(e).__name__}: {_first_line(e, 120)}"
     return holds

@@ -71,23 +71,23 @@ class ConcreteTracer(LeafTracer):
         self._placeholders = 0
         self.specialised: list = []   # where Python read a value: "bool <node>", "len <node>", ...
         self.data_dependent: set = set()   # nodes whose value depends on tensor values, not only on shapes
-        self._plain_tensors: dict = {}     # id of a buffer read as a graph node: its qualified name, while tracing
+        self._tensor_targets: dict = {}     # id of a buffer read as a graph node: its qualified name, while tracing
 
     def trace(self, root, concrete_args=None):
         self.values.clear()
         self._placeholders = 0
         try:
             with torch.no_grad(), _tensor_attributes_as_buffers(root):
-                self._plain_tensors = _traced_tensors(root)
+                self._tensor_targets = _traced_tensors(root)
                 return super().trace(root, concrete_args)
         finally:
             self.values.clear()   # the example's activations are not kept
-            self._plain_tensors = {}
+            self._tensor_targets = {}
 
     def getattr(self, attr: str, attr_val, parameter_proxy_cache):
         """A buffer or plain tensor attribute of a module whose Python is traced (`_traced_tensors`) is read as
         a get_attr node, so its methods become nodes too; fx itself proxies parameters only."""
-        target = self._plain_tensors.get(id(attr_val)) if isinstance(attr_val, torch.Tensor) else None
+        target = self._tensor_targets.get(id(attr_val)) if isinstance(attr_val, torch.Tensor) else None
         if target is None:
             return super().getattr(attr, attr_val, parameter_proxy_cache)
         if target not in parameter_proxy_cache:

@@ -28,6 +28,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from .onnx_nodes import consumers
+
 MS_DOMAIN = "com.microsoft"
 
 
@@ -36,17 +38,14 @@ def _silu_pairs(graph):
     Mul alone."""
     nodes = list(graph.node)
     producer = {o: i for i, n in enumerate(nodes) for o in n.output}
-    readers = {o.name: 1 for o in graph.output}
-    for n in nodes:
-        for name in n.input:
-            readers[name] = readers.get(name, 0) + 1
+    readers, outputs = consumers(graph), {o.name for o in graph.output}
     pairs = {}
     for i, mul in enumerate(nodes):
         if mul.op_type != "Mul" or len(mul.input) != 2:
             continue
         j = next((producer[name] for name in mul.input if name in producer
                   and nodes[producer[name]].op_type == "Sigmoid"), None)
-        if j is None or readers[nodes[j].output[0]] != 1:
+        if j is None or len(readers[nodes[j].output[0]]) != 1 or nodes[j].output[0] in outputs:
             continue
         if sorted(mul.input) == sorted([nodes[j].input[0], nodes[j].output[0]]):
             pairs[i] = j

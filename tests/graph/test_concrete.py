@@ -48,21 +48,22 @@ class ResizeThenAssert(nn.Module):
     size, then an assert on that size. Traced at the expected size, the resize is frozen out, and at another
     size the graph reaches the assert that the model's own resize avoids."""
 
-    def __init__(self, size=12):
+    def __init__(self, size=12, message="Input image size doesn't match model"):
         super().__init__()
-        self.size, self.conv = size, nn.Conv2d(3, 4, 3)
+        self.size, self.conv, self.message = size, nn.Conv2d(3, 4, 3), message
 
     def forward(self, x):
         parts = list(x.chunk(1, 0))                     # symbolic tracing gives up here
         x = parts[0]
         if x.shape[-1] != self.size:
             x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
-        torch._assert(x.shape[-1] == self.size, f"Input image size ({x.shape[-1]}) doesn't match model")
+        torch._assert(x.shape[-1] == self.size, self.message)
         return self.conv(x)
 
 
-def test_a_frozen_branch_that_reaches_an_assert_is_reported_not_raised():
-    model, x = ResizeThenAssert().eval(), torch.randn(1, 3, 12, 12)
+@pytest.mark.parametrize("message", ["Input image size doesn't match model", ""])
+def test_a_frozen_branch_that_reaches_an_assert_is_reported_not_raised(message):
+    model, x = ResizeThenAssert(message=message).eval(), torch.randn(1, 3, 12, 12)
     gm, info = capture(model, (x,))
     assert info["method"] == "concrete"
     assert info["holds_for"]["batch"] is True
