@@ -14,8 +14,9 @@ from fxcompress.quant.decompose import decompose_modules
 from fxcompress.quant.bias_correction import correct_biases
 from fxcompress.quant.emulate import install_integer_emulation
 from fxcompress.quant.insert import insert_fake_quant, plan_quantization, weighted_modules
-from fxcompress.quant.fake_quant import is_quantized
+from fxcompress.quant.fake_quant import is_quantized, refresh_weight_scales
 from fxcompress.quant.observers import CalibrationConfig
+from fxcompress.quant.ort_integer_kernels import ort_u8s8_saturates
 from fxcompress.core.verify import compare_exact, run_eval
 from fxcompress.graph.macs import node_macs
 from fxcompress.graph.shapes import record_shapes
@@ -33,7 +34,10 @@ class QuantizeINT8(TransformPass):
     image is never quantized; the default quantizes every layer, which is faster in onnxruntime
     (resnet50: a float stem made batch 8 1.25x slower, by the layout changes around it). With
     `bias_correction`, each layer's mean output shift caused by rounding its weights is measured on the
-    calibration data and taken out of its bias (stored as int32: free at run time).
+    calibration data and taken out of its bias (stored as int32: free at run time). `weight_bits` is 8, 7
+    or "auto": 7 where this CPU's onnxruntime saturates int16 pairs of u8 x s8 products (AVX2 without VNNI,
+    `quant/ort_integer_kernels.py`), so that the file computes what the check verifies; a file that must
+    run on any x86-64 CPU wants 7.
 
         fxcompress.compile(model, [QuantizeINT8("kl"), ExportONNX("int8.onnx")], x, calib_loader=calib)
     """
@@ -42,7 +46,8 @@ class QuantizeINT8(TransformPass):
     def __init__(self, method: str = "kl", num_bins: int = 2048, num_quantized_bins: int = 128,
                  percentile: float = 99.99, per_channel: bool = True, symmetric_weights: bool = True,
                  calib_batches: Optional[int] = None, qat_epochs: int = 0, qat_lr: float = 1e-3,
-                 progress: bool = True, min_input_channels: int = 1, bias_correction: bool = True):
+                 progress: bool = True, min_input_channels: int = 1, bias_correction: bool = True,
+                 weight_bits="auto"):
         self.config = CalibrationConfig(method, num_bins, num_quantized_bins, percentile)  # validates
         if calib_batches is not None and calib_batches < 1:
             raise PassError(f"calib_batches must be >= 1 or None, got {calib_batches}")
@@ -58,6 +63,9 @@ class QuantizeINT8(TransformPass):
             raise PassError(f"min_input_channels must be an integer >= 1, got {min_input_channels!r}")
         self.min_input_channels = min_input_channels
         self.bias_correction = bias_correction
+        if weight_bits not in ("auto", 7, 8) or isinstance(weight_bits, bool):
+            raise PassError(f"weight_bits must be 8, 7 or 'auto', got {weight_bits!r}")
+        self.weight_bits = weight_bits
 
     def __repr__(self) -> str:
         return f"QuantizeINT8(method={self.config.method!r})"
@@ -86,7 +94,8 @@ class QuantizeINT8(TransformPass):
             raise PassError("QuantizeINT8 found no conv/linear layer to quantize in the model")
         layer_macs = node_macs(gm)
         modules = dict(gm.named_modules())
-        quantizers = insert_fake_quant(gm, plan, self.config, self.per_channel, self.symmetric_weights)
+        bits = self.weight_bits if self.weight_bits != "auto" else 7 if ort_u8s8_saturates() else 8
+        quantizers = insert_fake_quant(gm, plan, self.config, self.per_channel, self.symmetric_weights, bits)
         start = time.perf_counter()
         calib = calibrate(gm, ctx.calib_loader, quantizers, self.calib_batches, ctx.device,
                           self.progress and ctx.progress)
@@ -99,7 +108,8 @@ class QuantizeINT8(TransformPass):
         emulated = install_integer_emulation(gm, weighted_modules(gm))
         ctx.gm = gm
         planned = sum(layer_macs.get(n.name, 0) for n in plan.weighted)
-        return {"method": self.config.method, "bn_folded": len(bn_folded), "quantized_layers": len(plan.weighted),
+        return {"method": self.config.method, "weight_bits": bits, "u8s8_saturates": ort_u8s8_saturates(),
+                "bn_folded": len(bn_folded), "quantized_layers": len(plan.weighted),
                 "activation_quantizers": len(quantizers),
                 "int8_mac_fraction_planned": planned / max(sum(layer_macs.values()), 1),
                 "calib_seconds": calib_seconds, **calib, **qat, **emulated,
@@ -115,6 +125,7 @@ class QuantizeINT8(TransformPass):
                              progress=self.progress and ctx.progress)
         history = fit(gm, ctx.train_loader, config, device=ctx.device, desc="QAT")
         gm.eval()
+        refresh_weight_scales(gm)
         return {"qat_epochs": self.qat_epochs, "qat_history": history}
 
 

@@ -41,6 +41,31 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# the instruction sets onnxruntime's kernels dispatch on: they decide which INT8 kernels run and how fast (VNNI
+# sums u8 x s8 products exactly in int32; AVX2 alone saturates int16 pairs: quant/ort_integer_kernels.py)
+KERNEL_FEATURES = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8",
+                   "asimddp", "i8mm", "sve")
+
+
+def cpu_features() -> str:
+    """The KERNEL_FEATURES this CPU has, with its family/model/stepping ("avx2 fma | 25/1/1"): "AMD EPYC" names
+    both an AVX2-only and an AVX-512 VNNI machine of this workplace."""
+    flags, ident = set(), {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip().lower()
+                if key in ("flags", "features") and not flags:
+                    flags = set(value.split())
+                elif key in ("cpu family", "model", "stepping") and key not in ident:
+                    ident[key] = value.strip()
+    except OSError:
+        pass
+    names = " ".join(f for f in KERNEL_FEATURES if f in flags) or "unknown"
+    return f"{names} | {'/'.join(ident.get(k, '?') for k in ('cpu family', 'model', 'stepping'))}"
+
+
 def provenance(ort_threads: Optional[int] = None, extra_modules=(), **extra) -> dict:
     """A JSON-able record of the code, libraries and machine behind a result. `ort_threads`: the onnxruntime
     intra-op thread count used (None when no onnxruntime session ran)."""
@@ -60,6 +85,7 @@ def provenance(ort_threads: Optional[int] = None, extra_modules=(), **extra) -> 
         "torch_num_threads": torch.get_num_threads(),
         "onnxruntime_threads": ort_threads,
         "cpu_model": cpu_model(),
+        "cpu_features": cpu_features(),
         "cpu_count": os.cpu_count(),
     }
     info.update(extra)

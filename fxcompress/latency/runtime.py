@@ -17,7 +17,7 @@ import onnx
 import torch
 
 from ..core.errors import PassError
-from ..core.provenance import cpu_model
+from ..core.provenance import cpu_features, cpu_model
 from ..onnx.write import to_onnx_proto
 from .timing import Profile, interleaved_runs
 
@@ -50,7 +50,7 @@ class Runtime:
         """Cache folder name: the runtime, threads and batch, and a digest of what else fixes a timing (the
         CPU and the onnxruntime version): a table measured elsewhere is never reused."""
         import onnxruntime as ort
-        machine = f"{cpu_model()}|{ort.__version__}|{platform.machine()}"
+        machine = f"{cpu_model()}|{cpu_features()}|{ort.__version__}|{platform.machine()}"
         digest = hashlib.sha256(machine.encode()).hexdigest()[:12]
         return f"{self.name}-t{self.threads}-b{self.batch}-{digest}"
 

@@ -32,8 +32,9 @@ random init and so quantized with a tiny scale, had 5.7% of its codes one step o
 other softmax whose output is quantized runs as MLAS's float kernel (its own exp polynomial, lane-wise sums,
 a multiply by 1 / sum: `mlas_softmax`, probed), from which torch's differs on about half of the values.
 
-x * Sigmoid(x) (SiLU) is lowered to QuickGelu (`lower_silu.py`): x * min(Sigmoid(x), 1) with that Sigmoid,
-emulated as such ("quick_gelu"; a written-out x * torch.sigmoid(x) gets the clamped sigmoid, "silu_sigmoid").
+x * Sigmoid(x) (SiLU) is lowered to QuickGelu (`lower_silu.py`). Where this CPU's QuickGelu is
+x * min(Sigmoid(x), 1) with that Sigmoid it is emulated as such ("quick_gelu"; a written-out
+x * torch.sigmoid(x) gets the clamped sigmoid, "silu_sigmoid"); where it is x * Sigmoid(x), as the pair.
 
 Each emulated op gets an `IntegerEmulation` node after it that replaces its float result by the emulated
 one; in training (QAT) and while exporting to ONNX it returns its input unchanged, so gradients and the
@@ -54,7 +55,7 @@ from ..ops.elementwise import ADD
 from ..ops.pooling import AVERAGE_POOL
 from .fake_quant import WEIGHT_QMAX, WEIGHT_QMIN, ActivationQuantizer, WeightQuantizer, exporting, fit_bias_to_int32
 from .insert import rule_for
-from .lower_silu import ort_quick_gelu_exact
+from .lower_silu import ort_quick_gelu_form
 from .observers import QMAX, QMIN
 from .ort_float_ops import (mlas_logistic, ort_logistic_variant, logistic_kind, ort_batch_norm, ort_batch_norm_variant,
                             float_batch_norm, mlas_softmax, ort_softmax_variant, softmax_dim, qlinear_softmax,
@@ -312,7 +313,7 @@ def install_integer_emulation(gm: fx.GraphModule, weighted: Dict[str, nn.Module]
             if node.kwargs.get("inplace"):
                 node.kwargs = {**node.kwargs, "inplace": False}
             qx = _quantizer_of(node.args[0], modules)
-            if ort_quick_gelu_exact():   # the file runs x * Sigmoid(x) as QuickGelu (lower_silu.py)
+            if ort_quick_gelu_form() == "clamped":   # the file runs x * Sigmoid(x) as QuickGelu (lower_silu.py)
                 logistic = "quick_gelu" if logistic == "silu" else "silu_sigmoid" if _sigmoid_of_silu(node) \
                     else logistic
             _insert(gm, node, IntegerEmulation(logistic, [qx] if qx is not None else [], None, variant=variant),

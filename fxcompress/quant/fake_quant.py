@@ -10,6 +10,9 @@ import torch.nn as nn
 from .observers import QMAX, QMIN, ActivationObserver, CalibrationConfig
 
 WEIGHT_QMIN, WEIGHT_QMAX = -128, 127   # symmetric scales (max|w| / 127) never reach -128; ONNX export wants the full int8 range
+# the codes a weight of `bits` bits takes inside int8: 7 bits keep an int16 pair of u8 x s8 products from
+# saturating on AVX2 without VNNI (ort_integer_kernels.py); onnxruntime's reduce_range uses the same [-64, 64]
+WEIGHT_CODE_RANGES = {8: (-128, 127), 7: (-64, 64)}
 MIN_SCALE = 1e-12
 
 
@@ -62,13 +65,20 @@ class ActivationQuantizer(nn.Module):
 
 class WeightQuantizer(nn.Module):
     """A parametrization (torch.nn.utils.parametrize) fake-quantizing a weight to symmetric int8, per
-    output channel (`axis`) or per tensor. The scale follows the weight while training (QAT) and is
-    frozen in eval mode, so the exported graph holds constant scales."""
+    output channel (`axis`) or per tensor, with codes in WEIGHT_CODE_RANGES[bits] (stored as int8 either
+    way). The scale follows the weight while training (QAT) and is frozen in eval mode, so the exported
+    graph holds constant scales.
 
-    def __init__(self, weight: torch.Tensor, axis, symmetric: bool = True):
+        >>> parametrize.register_parametrization(conv, "weight", WeightQuantizer(conv.weight, axis=0, bits=7))
+    """
+
+    def __init__(self, weight: torch.Tensor, axis, symmetric: bool = True, bits: int = 8):
         super().__init__()
+        if bits not in WEIGHT_CODE_RANGES:
+            raise ValueError(f"weight bits must be one of {sorted(WEIGHT_CODE_RANGES)}, got {bits!r}")
         self.axis = axis
         self.symmetric = symmetric
+        self.bits = bits
         shape = (weight.shape[axis],) if axis is not None else ()
         self.register_buffer("scale", torch.ones(shape))
         self.register_buffer("zero_point", torch.zeros(shape, dtype=torch.int32))
@@ -82,13 +92,14 @@ class WeightQuantizer(nn.Module):
             lo, hi = flat.amin(dim=1), flat.amax(dim=1)
         else:
             lo, hi = w.min(), w.max()
+        qmin, qmax = WEIGHT_CODE_RANGES[self.bits]
         if self.symmetric:
-            scale = torch.maximum(lo.abs(), hi.abs()) / 127.0   # zero point 0, as the u8s8 kernels want
+            scale = torch.maximum(lo.abs(), hi.abs()) / min(-qmin, qmax)   # zero point 0, as the u8s8 kernels want
             zero_point = torch.zeros_like(scale, dtype=torch.int32)
-        else:  # asymmetric int8 over [min(0, lo), max(0, hi)]
+        else:  # asymmetric over [min(0, lo), max(0, hi)]
             lo, hi = lo.clamp(max=0), hi.clamp(min=0)
-            scale = (hi - lo) / 255.0
-            zero_point = (-128 - torch.round(lo / scale.clamp(min=MIN_SCALE))).clamp(-128, 127).to(torch.int32)
+            scale = (hi - lo) / float(qmax - qmin)
+            zero_point = (qmin - torch.round(lo / scale.clamp(min=MIN_SCALE))).clamp(qmin, qmax).to(torch.int32)
         self.scale.copy_(scale.clamp(min=MIN_SCALE))
         self.zero_point.copy_(zero_point)
 
@@ -99,10 +110,22 @@ class WeightQuantizer(nn.Module):
             return weight
         if self.training:
             self.update(weight)
-        qmin, qmax = WEIGHT_QMIN, WEIGHT_QMAX
+        qmin, qmax = WEIGHT_QMIN, WEIGHT_QMAX   # the scale keeps the codes within WEIGHT_CODE_RANGES[bits]
         if self.axis is None:
             return torch.fake_quantize_per_tensor_affine(weight, self.scale, self.zero_point, qmin, qmax)
         return torch.fake_quantize_per_channel_affine(weight, self.scale, self.zero_point, self.axis, qmin, qmax)
+
+
+@torch.no_grad()
+def refresh_weight_scales(gm: nn.Module) -> None:
+    """Recompute every weight quantizer's scale from its layer's current weight (after QAT's last optimizer
+    step the frozen scales are those of the weights before it, whose codes could leave the range)."""
+    for m in gm.modules():
+        weights = getattr(m, "parametrizations", None)
+        if weights is not None and "weight" in weights:
+            for p in weights.weight:
+                if isinstance(p, WeightQuantizer):
+                    p.update(weights.weight.original)
 
 
 def is_quantized(gm: nn.Module) -> bool:

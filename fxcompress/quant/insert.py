@@ -116,7 +116,7 @@ def _thin_input(node: fx.Node, modules, min_input_channels: int) -> str:
 
 
 def insert_fake_quant(gm: fx.GraphModule, plan: QuantPlan, config: CalibrationConfig, per_channel: bool = True,
-                      symmetric_weights: bool = True) -> Dict[str, ActivationQuantizer]:
+                      symmetric_weights: bool = True, weight_bits: int = 8) -> Dict[str, ActivationQuantizer]:
     """Rewrite gm in place: parametrize weights, insert activation quantizers. Returns them by name."""
     modules = dict(gm.named_modules())
     quantizers: Dict[str, ActivationQuantizer] = {}
@@ -144,7 +144,8 @@ def insert_fake_quant(gm: fx.GraphModule, plan: QuantPlan, config: CalibrationCo
         done.add(n.target)
         rule = rule_for(n, modules)
         axis = rule.weight_axis if per_channel else None
-        parametrize.register_parametrization(m, "weight", WeightQuantizer(m.weight, axis, symmetric_weights))
+        parametrize.register_parametrization(m, "weight", WeightQuantizer(m.weight, axis, symmetric_weights,
+                                                                             weight_bits))
     gm.recompile()
     return quantizers
 

@@ -12,17 +12,21 @@ yolov8n latency-targeted INT8 8.15 -> 7.92 ms, yolo11n 9.59 -> 9.35 ms, yolov8n 
 a lone SiLU on 64x80x80 codes 0.18 -> 0.13 ms, on 16x320x320 0.74 -> 0.77 ms. It also drops the
 sigmoid's own rounding: the codes are those of float SiLU followed by QuantizeLinear.
 
-QuickGelu with alpha 1 is x * min(Sigmoid(x), 1) bit for bit: the same MLAS logistic and one float32
-product, except that its sigmoid never exceeds 1 where the Sigmoid kernel's approximation overshoots (20
-float32 values between 8 and 32, e.g. Sigmoid(17.844) = 1.0000001; checked over every float32 in +-[1, 32]
-and +-[1/64, 1], +-[32, 4096]). `ort_quick_gelu_exact` checks that once per process (else the pair stays), and
-the fake-quant model emulates that form (`emulate.py`, "quick_gelu"), so it gives onnxruntime's codes.
+QuickGelu with alpha 1 is the pair bit for bit up to one detail that depends on the CPU: the same MLAS
+logistic and one float32 product, and where MLAS has an AVX-512 kernel its sigmoid never exceeds 1 although
+the Sigmoid kernel's approximation overshoots (20 float32 values between 8 and 32, e.g. Sigmoid(17.844) =
+1.0000001; checked over every float32 in +-[1, 32], +-[1/64, 1] and +-[32, 4096]): x * min(Sigmoid(x), 1),
+"clamped". On an AVX2-only CPU (AMD EPYC 7xx3) it is x * Sigmoid(x) exactly, "plain". `ort_quick_gelu_form`
+probes which once per process (neither: the pair stays), and the fake-quant model emulates that form
+(`emulate.py`: "quick_gelu" for the clamped one; the plain one is the pair's own "silu"), so it gives
+onnxruntime's codes.
 
     model = fuse_quick_gelu(model)   # an ONNX ModelProto, rewritten in place and returned
 """
 from __future__ import annotations
 
 import functools
+from typing import Optional
 
 import numpy as np
 import onnx
@@ -53,10 +57,10 @@ def _silu_pairs(graph):
 
 
 def fuse_quick_gelu(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Replace every x * Sigmoid(x) by QuickGelu(x, alpha=1) where onnxruntime computes it as
-    x * min(Sigmoid(x), 1), which the fake-quant model emulates."""
+    """Replace every x * Sigmoid(x) by QuickGelu(x, alpha=1) where onnxruntime's QuickGelu computes a form
+    the fake-quant model emulates (`ort_quick_gelu_form`)."""
     graph = model.graph
-    pairs = _silu_pairs(graph) if ort_quick_gelu_exact() else {}
+    pairs = _silu_pairs(graph) if ort_quick_gelu_form() is not None else {}
     if not pairs:
         return model
     nodes, sigmoids = list(graph.node), set(pairs.values())
@@ -99,16 +103,19 @@ def run_unoptimized(model: onnx.ModelProto, x: np.ndarray, threads: int = 2) -> 
 
 
 @functools.lru_cache(maxsize=None)
-def ort_quick_gelu_exact() -> bool:
-    """Whether onnxruntime's QuickGelu(alpha=1) is x * min(Sigmoid(x), 1), its own Sigmoid's, on a long random
-    tensor and on every float32 where that Sigmoid's approximation comes near 1 (16 to 20)."""
+def ort_quick_gelu_form() -> Optional[str]:
+    """Which x * Sigmoid(x) onnxruntime's QuickGelu(alpha=1) computes with its own Sigmoid, on a long random
+    tensor and on every float32 where that Sigmoid's approximation comes near 1 (16 to 20): "clamped"
+    (x * min(Sigmoid(x), 1)), "plain" (x * Sigmoid(x)), or None (neither, or no contrib ops)."""
     try:
         rng = np.random.default_rng(0)
         near_one = np.arange(*np.array([16.0, 20.0], np.float32).view(np.int32), 7, dtype=np.int32).view(np.float32)
         x = np.concatenate([(rng.standard_normal(1_000_003) * 8).astype(np.float32), near_one, -near_one,
                             np.array([0.0, -0.0, 17.844, 1e-30, -120.0, 120.0], np.float32)])
-        sigmoid = _graph([helper.make_node("Sigmoid", ["x"], ["y"])])
-        expected = x * np.minimum(run_unoptimized(sigmoid, x), np.float32(1.0))
-        return bool(np.array_equal(run_unoptimized(silu_graphs()[1], x), expected))
+        sigmoid = run_unoptimized(_graph([helper.make_node("Sigmoid", ["x"], ["y"])]), x)
+        quick_gelu = run_unoptimized(silu_graphs()[1], x)
     except Exception:   # noqa: BLE001 - no onnxruntime or no contrib ops: the pair stays
-        return False
+        return None
+    if np.array_equal(quick_gelu, x * np.minimum(sigmoid, np.float32(1.0))):   # checked first: equal if no overshoot
+        return "clamped"
+    return "plain" if np.array_equal(quick_gelu, x * sigmoid) else None

@@ -43,7 +43,7 @@ class Option:
 
     def describe(self) -> str:
         if self.kind in ("choice", "choices"):
-            text = ("one of " if self.kind == "choice" else "a list of ") + ", ".join(self.choices)
+            text = ("one of " if self.kind == "choice" else "a list of ") + ", ".join(map(str, self.choices))
         else:
             text = _WHAT[self.kind]
             if self.low is not None or self.high is not None:
@@ -76,7 +76,7 @@ class Option:
             return value
         if kind == "choice":
             if value not in self.choices:
-                raise RecipeError(f"{where}: {_shown(value)} is not one of {', '.join(self.choices)}")
+                raise RecipeError(f"{where}: {_shown(value)} is not one of {', '.join(map(str, self.choices))}")
             return value
         if kind == "number_or_numbers" and _is_number(value):
             return float(value)

@@ -108,6 +108,7 @@ PASSES: Dict[str, Dict[str, Option]] = {
         "qat_lr": Option("number", 1e-3, low=0, low_open=True),
         "min_input_channels": Option("int", 1, low=1),
         "bias_correction": Option("bool", True),
+        "weight_bits": Option("choice", "auto", choices=("auto", 8, 7)),
     },
     "ExportONNX": {
         "path": Option("str", "compressed.onnx"),   # relative to the output folder

@@ -196,7 +196,7 @@ def test_every_code_is_onnxruntimes(float_ops_export):
 
     # the comparison sees each difference: with torch's own sigmoid and SiLU, or its own BatchNorm, codes
     # after them flip (the quantizers' rounding: test_quantizer_rounds_as_quantize_linear)
-    for kinds in (("sigmoid", "quick_gelu"), ("batch_norm",)):
+    for kinds in (("sigmoid", "silu", "quick_gelu"), ("batch_norm",)):
         switches = [m for m in gm.modules() if isinstance(m, IntegerEmulation) and m.kind in kinds]
         for m in switches:
             m.enabled = False
