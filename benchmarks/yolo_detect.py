@@ -81,7 +81,7 @@ def run_model(name: str, args, work: str) -> dict:
                 if attempt == FLOOR_ATTEMPTS - 1:
                     raise
                 # each attempt measures the model anew, and the floor moves with the timing noise
-                prune = latency_prune(math.ceil(e.reachable * 100) / 100 + 0.01)
+                prune = latency_prune(round(math.ceil(e.reachable * 100) / 100 + 0.01, 2))
         groups, record, export = pruned.report.records
         row.update({f"{prefix}macs_pruned": record.macs_after, f"{prefix}params_pruned": record.params_after,
                     f"{prefix}prune_max_rel_error": record.metrics.get("max_rel_error"),
@@ -166,7 +166,7 @@ def main(argv=None) -> int:
         print(table_row(r, "pruned", "", r["model"]))
         if "latency_macs_pruned" in r:
             print(table_row(r, "latency", "latency_", f"{r['model']}, target_latency="
-                                                        f"{r['latency_target']['target_latency']}"))
+                                                        f"{r['latency_target']['target_latency']:g}"))
     atomic_write_text(args.out, scrub_paths(json.dumps({"rows": rows, "size": args.size, "runs": args.runs,
                                                         "dynamic_batch": args.dynamic_batch,
                                             "provenance": provenance(ort_threads=2)}, indent=1, default=str)))
