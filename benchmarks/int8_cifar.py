@@ -64,7 +64,7 @@ def reference_and_loaders(calib_images: int = 512):
     return model, meta, train, test, calib
 
 
-def ort_quantize(fp32: str, out: str, calib, method: str, workdir: str) -> float:
+def ort_quantize(fp32: str, out: str, calib, method: str, workdir: str, reduce_range: bool = False) -> float:
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
 
@@ -76,7 +76,7 @@ def ort_quantize(fp32: str, out: str, calib, method: str, workdir: str) -> float
             return next(self.batches, None)
 
     common = dict(quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                  per_channel=True)
+                  per_channel=True, reduce_range=reduce_range)   # reduce_range: its 7-bit weights for AVX2 CPUs
     start = time.perf_counter()
     if method == "minmax":
         quantize_static(fp32, out, Reader(), calibrate_method=CalibrationMethod.MinMax, **common)
@@ -224,17 +224,27 @@ def main():
     variants = [(f"fx_{m}_{'per_channel' if pc else 'per_tensor'}", dict(method=m, per_channel=pc))
                 for pc in (True, False) for m in ("kl", "minmax", "percentile")]
     variants.append(("fx_kl_float_stem", dict(method="kl", min_input_channels=4)))   # the RGB conv kept in float
+    # 8-bit weights forced: where this CPU's onnxruntime saturates them (AVX2 without VNNI) the check refuses the file
+    variants.append(("fx_kl_8bit_weights", dict(method="kl", weight_bits=8)))
     if args.prune_int8_only:
         variants = []
+    from fxcompress.core.errors import VerificationError
     for name, kwargs in variants:
         path = os.path.join(workdir, f"{name}.onnx")
-        rows[name] = fx_quantize(model, path, calib, **kwargs)
+        try:
+            rows[name] = fx_quantize(model, path, calib, **kwargs)
+        except VerificationError as e:   # recorded: no file was written
+            rows[name] = {"refused": str(e)[:400]}
+            print(f"{name}: refused by the INT8 check: {str(e)[:200]}", flush=True)
+            continue
         rows[name]["top1"] = onnx_top1(path, test)
         rows[name]["file_kb"] = os.path.getsize(path) / 1024
         print(f"{name}: top-1 {rows[name]['top1']:.4f}", flush=True)
-    for method in (() if args.prune_int8_only else ("minmax", "entropy")):
-        name, path = f"ort_{method}", os.path.join(workdir, f"ort_{method}.onnx")
-        rows[name] = {"seconds": ort_quantize(fp32, path, calib, method, workdir)}
+    for method, reduce in (() if args.prune_int8_only else (("minmax", False), ("entropy", False),
+                                                             ("minmax", True))):
+        name = f"ort_{method}" + ("_reduce_range" if reduce else "")
+        path = os.path.join(workdir, f"{name}.onnx")
+        rows[name] = {"seconds": ort_quantize(fp32, path, calib, method, workdir, reduce)}
         rows[name]["top1"] = onnx_top1(path, test)
         rows[name]["file_kb"] = os.path.getsize(path) / 1024
         print(f"{name}: top-1 {rows[name]['top1']:.4f}", flush=True)
@@ -247,12 +257,16 @@ def main():
     print("\n| variant | top-1 (ORT, 10,000 test images) | vs FP32 (points) | file KB | int8 MACs | agreement with fake-quant |")
     print("|---|---|---|---|---|---|")
     for name, r in rows.items():
+        if "refused" in r:
+            print(f"| {name} | refused by the INT8 check (the file computes other codes than the fake-quant model) "
+                  f"| | | | |")
         if "top1" not in r or name == "prune_int8":
             continue
         print(f"| {name} | {100 * r['top1']:.2f} | {100 * (r['top1'] - base):+.2f} | {r['file_kb']:.0f} | "
               f"{r.get('int8_mac_fraction', '')} | {r.get('top1_agreement', '')} |")
     if not args.prune_int8_only:
-        kl, best_ort = rows["fx_kl_per_channel"]["top1"], max(rows["ort_minmax"]["top1"], rows["ort_entropy"]["top1"])
+        kl = rows["fx_kl_per_channel"]["top1"]
+        best_ort = max(rows[k]["top1"] for k in ("ort_minmax", "ort_entropy", "ort_minmax_reduce_range"))
         print(f"\nkl vs FP32: {100 * (kl - base):+.2f} points (target within 0.3): "
               f"{'met' if base - kl <= 0.003 else 'MISSED'}; "
               f"vs best ORT {100 * (kl - best_ort):+.2f} points: {'met' if kl >= best_ort else 'MISSED'}")

@@ -114,3 +114,13 @@ def test_cache_folder_is_per_runtime_threads_and_batch(latency_cache):
     assert len(tags) == 8
     default = LatencyTables(Runtime("onnxruntime-int8", 2, 32))
     assert default.folder.startswith(os.path.join(latency_cache, "latency"))
+
+
+def test_cache_folder_changes_with_the_cpus_kernel_features(monkeypatch):
+    """A table measured on an AVX-512 VNNI CPU is not reused on an AVX2-only one of the same model name."""
+    from fxcompress.latency import runtime as runtime_module
+    runtime = Runtime("onnxruntime-int8", 2, 1)
+    monkeypatch.setattr(runtime_module, "cpu_features", lambda: "avx2 fma | 25/1/1")
+    avx2 = runtime.tag()
+    monkeypatch.setattr(runtime_module, "cpu_features", lambda: "avx2 fma avx512f avx512_vnni | 25/17/1")
+    assert runtime.tag() != avx2
