@@ -183,7 +183,7 @@ def int8_of(pruned, x: torch.Tensor, tmpdir: str, name: str) -> dict:
         m = result.report.records[-1].metrics
         return {"int8": "ok", "int8_mac_fraction": m.get("int8_mac_fraction")}
     except Exception as e:  # noqa: BLE001 - recorded with its reason
-        return {"int8": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"}
+        return {"int8": f"{type(e).__name__}: {str(e).splitlines()[0][:600] if str(e) else ''}"}
 
 
 def table(rows) -> str:
