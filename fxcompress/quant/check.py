@@ -89,7 +89,7 @@ def check_int8_export(path: str, gm: fx.GraphModule, batches: Sequence[Tuple[tor
     if missing:
         raise VerificationError(f"quantized layer(s) {sorted(missing)[:5]} have no int8 weight in the ONNX file")
     optimized = optimized_graph(path)
-    kernels = integer_kernel_check(optimized, names)
+    kernels = integer_kernel_check(optimized, names, model if model is not None else onnx.load(path))
     metrics = {"int8_layers": len(kernels), "integer_kernels": _histogram(kernels.values()),
                "int8_mac_fraction": sum(layer_macs.get(layer, 0) for layer in kernels) / max(total_macs, 1),
                "float_conv_matmul_left": sum(v for k, v in count_ops(optimized).items()

@@ -7,7 +7,7 @@ input scale x weight scale), the form onnxruntime's QDQ fusion turns into QLinea
 """
 from __future__ import annotations
 
-from typing import Dict, Iterable
+from typing import Dict, Iterable, Optional
 
 import numpy as np
 import onnx
@@ -206,14 +206,44 @@ def align_conv_input_channels(model: onnx.ModelProto, alignment: int = INPUT_CHA
     return model
 
 
-def integer_kernel_check(optimized: onnx.ModelProto, quantized_weights: Dict[str, str]) -> Dict[str, str]:
+_WEIGHT_PATH_OPS = ("DequantizeLinear", "Transpose", "Reshape", "Identity", "Unsqueeze", "Squeeze")
+
+
+def _kernels_fed(lowered: onnx.ModelProto, weight: str) -> list:
+    """Names of the nodes of the lowered file (before onnxruntime's optimizations) that compute with `weight`,
+    followed through its DequantizeLinear and layout ops."""
+    readers = consumers(lowered.graph)
+    fed, frontier, seen = [], [weight], set()
+    while frontier:
+        name = frontier.pop(0)   # breadth first: the kernels in graph order
+        for n in readers.get(name, []):
+            if n.name in seen:
+                continue
+            seen.add(n.name)
+            if n.op_type in _WEIGHT_PATH_OPS:
+                frontier.extend(n.output)
+            else:
+                fed.append(n.name)
+    return fed
+
+
+def integer_kernel_check(optimized: onnx.ModelProto, quantized_weights: Dict[str, str],
+                         lowered: Optional[onnx.ModelProto] = None) -> Dict[str, str]:
     """For each int8 weight initializer (name -> label), the op type of the kernel consuming it in the
-    optimized graph. Raises VerificationError naming the layers left to float kernels."""
+    optimized graph. Raises VerificationError naming the layers left to float kernels. Where onnxruntime
+    rewrote the weight itself (a module called three times, as CoaT's parallel blocks call one MLP, reads
+    its weight through a Transpose per call, which onnxruntime folds into new initializers), the nodes the
+    weight fed in the `lowered` file are looked up by name: each must have become an integer kernel."""
     readers = consumers(optimized.graph)
+    by_name = {n.name: n.op_type for n in optimized.graph.node if n.name}
     kinds, missing = {}, []
     for name, label in quantized_weights.items():
         ops = [n.op_type for n in readers.get(name, [])]
         integer = [op for op in ops if op in INTEGER_KERNELS]
+        if not ops and lowered is not None:
+            fed = [by_name.get(node) for node in _kernels_fed(lowered, name)]
+            integer = fed if fed and all(op in INTEGER_KERNELS for op in fed) else []
+            ops = [op or "removed" for op in fed]
         if integer:
             kinds[label] = integer[0]
         else:

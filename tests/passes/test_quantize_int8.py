@@ -228,6 +228,29 @@ def test_integer_kernel_check_names_float_layers():
     assert integer_kernel_check(helper.make_model(graph), {"w2_q": "layer2"}) == {"layer2": "QLinearConv"}
 
 
+def test_integer_kernel_check_follows_a_weight_onnxruntime_rewrote():
+    """A module called twice (CoaT's shared MLP) reads its int8 weight through a Transpose per call; onnxruntime
+    folds those into new initializers, so the weight itself is unread in the optimized graph: the nodes it fed
+    in the file are found by name, and each must be an integer kernel."""
+    from onnx import helper
+    lowered = helper.make_model(helper.make_graph([
+        helper.make_node("DequantizeLinear", ["w_q", "s"], ["w"], name="dq"),
+        helper.make_node("Transpose", ["w"], ["wt1"], name="t1"), helper.make_node("Transpose", ["w"], ["wt2"], name="t2"),
+        helper.make_node("MatMul", ["x1", "wt1"], ["y1"], name="/fc_1/MatMul"),
+        helper.make_node("MatMul", ["x2", "wt2"], ["y2"], name="/fc_2/MatMul")], "g", [], []))
+
+    def optimized(second: str):
+        return helper.make_model(helper.make_graph([
+            helper.make_node("MatMulIntegerToFloat", ["x1", "w_folded_1", "s"], ["y1"], name="/fc_1/MatMul"),
+            helper.make_node(second, ["x2", "w_folded_2", "s"], ["y2"], name="/fc_2/MatMul")], "g", [], []))
+    assert integer_kernel_check(optimized("MatMulIntegerToFloat"), {"w_q": "fc"}, lowered) == \
+        {"fc": "MatMulIntegerToFloat"}
+    with pytest.raises(VerificationError, match="fc \\(MatMulIntegerToFloat, MatMul\\)"):   # one call left in float
+        integer_kernel_check(optimized("MatMul"), {"w_q": "fc"}, lowered)
+    with pytest.raises(VerificationError, match="fc \\(no consumer\\)"):   # without the file: as before
+        integer_kernel_check(optimized("MatMulIntegerToFloat"), {"w_q": "fc"})
+
+
 def _loss(model, batches):
     with torch.no_grad():
         return float(sum(F.cross_entropy(model(x), y) for x, y in batches) / len(batches))
