@@ -76,10 +76,14 @@ def test_nd_linear_layers_run_as_integer_kernels_and_pass_the_check(tmp_path, mo
     assert "MatMul" not in ops and ops.count("Transpose") == 2 * (model is ChannelsLastBlock)
 
 
-def test_without_the_rewrite_the_layers_stay_float(tmp_path, monkeypatch):
+def test_without_the_rewrite_the_file_is_refused(tmp_path, monkeypatch):
+    """Left as MatMul on a transposed weight, onnxruntime runs the layers as MatMulIntegerToFloat (integer
+    products, a float output the fake-quant model does not emulate): the kernel check follows the folded
+    transposes and accepts the kernels, the code comparison refuses the file."""
     monkeypatch.setattr(lower, "lower_nd_linears", lambda model: model)
-    with pytest.raises(VerificationError, match="did not turn 3 quantized layer"):
+    with pytest.raises(VerificationError, match="does not compute what the fake-quant model computes"):
         _export(TokenMLP(), (5, 16), str(tmp_path / "m.onnx"))
+    assert not (tmp_path / "m.onnx").exists()
 
 
 def test_wrong_scale_after_a_rewritten_layer_fails_the_check(tmp_path):
