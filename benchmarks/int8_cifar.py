@@ -234,7 +234,7 @@ def main():
         try:
             rows[name] = fx_quantize(model, path, calib, **kwargs)
         except VerificationError as e:   # recorded: no file was written
-            rows[name] = {"refused": str(e)[:400]}
+            rows[name] = {"refused": str(e).replace(workdir + os.sep, "")[:400]}   # no machine path
             print(f"{name}: refused by the INT8 check: {str(e)[:200]}", flush=True)
             continue
         rows[name]["top1"] = onnx_top1(path, test)
