@@ -12,7 +12,7 @@ from .observers import QMAX, QMIN, ActivationObserver, CalibrationConfig
 WEIGHT_QMIN, WEIGHT_QMAX = -128, 127   # symmetric scales (max|w| / 127) never reach -128; ONNX export wants the full int8 range
 # the codes a weight of `bits` bits takes inside int8: 7 bits keep an int16 pair of u8 x s8 products from
 # saturating on AVX2 without VNNI (ort_integer_kernels.py); onnxruntime's reduce_range uses the same [-64, 64]
-WEIGHT_CODE_RANGES = {8: (-128, 127), 7: (-64, 64)}
+WEIGHT_CODE_RANGES = {8: (WEIGHT_QMIN, WEIGHT_QMAX), 7: (-64, 64)}
 MIN_SCALE = 1e-12
 
 

@@ -209,10 +209,9 @@ def align_conv_input_channels(model: onnx.ModelProto, alignment: int = INPUT_CHA
 _WEIGHT_PATH_OPS = ("DequantizeLinear", "Transpose", "Reshape", "Identity", "Unsqueeze", "Squeeze")
 
 
-def _kernels_fed(lowered: onnx.ModelProto, weight: str) -> list:
-    """Names of the nodes of the lowered file (before onnxruntime's optimizations) that compute with `weight`,
-    followed through its DequantizeLinear and layout ops."""
-    readers = consumers(lowered.graph)
+def _kernels_fed(readers: Dict[str, list], weight: str) -> list:
+    """Names of the nodes of the lowered file (before onnxruntime's optimizations; `readers`: its consumers)
+    that compute with `weight`, followed through its DequantizeLinear and layout ops."""
     fed, frontier, seen = [], [weight], set()
     while frontier:
         name = frontier.pop(0)   # breadth first: the kernels in graph order
@@ -236,12 +235,13 @@ def integer_kernel_check(optimized: onnx.ModelProto, quantized_weights: Dict[str
     weight fed in the `lowered` file are looked up by name: each must have become an integer kernel."""
     readers = consumers(optimized.graph)
     by_name = {n.name: n.op_type for n in optimized.graph.node if n.name}
+    lowered_readers = consumers(lowered.graph) if lowered is not None else {}
     kinds, missing = {}, []
     for name, label in quantized_weights.items():
         ops = [n.op_type for n in readers.get(name, [])]
         integer = [op for op in ops if op in INTEGER_KERNELS]
         if not ops and lowered is not None:
-            fed = [by_name.get(node) for node in _kernels_fed(lowered, name)]
+            fed = [by_name.get(node) for node in _kernels_fed(lowered_readers, name)]
             integer = fed if fed and all(op in INTEGER_KERNELS for op in fed) else []
             ops = [op or "removed" for op in fed]
         if integer:

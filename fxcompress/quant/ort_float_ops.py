@@ -73,7 +73,7 @@ def mlas_logistic(x: torch.Tensor, fused: bool = True, clamp_high: bool = False)
     return out.clamp(max=1.0) if clamp_high else out
 
 
-def _probe_session(model, ort):
+def probe_session(model, ort):
     """A one-thread CPU session of a one-op probe model (what this CPU's onnxruntime computes for it)."""
     model.ir_version = min(model.ir_version, 8)
     opts = ort.SessionOptions()
@@ -102,7 +102,7 @@ def ort_logistic_variant() -> Optional[Tuple[bool, bool]]:
                               [helper.make_tensor_value_info(n, TensorProto.FLOAT, [None]) for n in ("sig", "silu")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     try:
-        session = _probe_session(model, ort)
+        session = probe_session(model, ort)
         x = _logistic_probe()
         sig, silu = (torch.from_numpy(a) for a in session.run(None, {"x": x.numpy()}))
     except Exception:   # noqa: BLE001 - no probe, no emulation: torch's sigmoid stays
@@ -180,7 +180,7 @@ def ort_batch_norm_variant() -> Optional[Tuple[str, bool]]:
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=params)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)])
     try:
-        session = _probe_session(model, ort)
+        session = probe_session(model, ort)
         y = torch.from_numpy(session.run(None, {"x": x.numpy()})[0])
     except Exception:   # noqa: BLE001 - no probe, no emulation
         return None
@@ -284,7 +284,7 @@ def ort_softmax_variant() -> Optional[str]:
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, None])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     try:
-        session = _probe_session(model, ort)
+        session = probe_session(model, ort)
         probes = [(x, torch.from_numpy(session.run(None, {"x": x.numpy()})[0])) for x in _softmax_probe()]
     except Exception:   # noqa: BLE001 - no probe, no emulation: torch's softmax stays
         return None
@@ -353,7 +353,7 @@ def ort_qlinear_softmax_exact() -> bool:
                                   [helper.make_tensor_value_info("x", TensorProto.UINT8, [None, d])],
                                   [helper.make_tensor_value_info("y", TensorProto.UINT8, [None, d])], initializer=inits)
         try:
-            y = _probe_session(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), ort) \
+            y = probe_session(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), ort) \
                 .run(None, {"x": codes.numpy()})[0]
         except Exception:   # noqa: BLE001
             return False

@@ -21,16 +21,15 @@ import functools
 
 import numpy as np
 
+from .ort_float_ops import probe_session
+
 PROBE_CHANNELS = 64   # the reduction length: 32 int16 pairs
 PROBE_OUTPUTS = 16    # onnxruntime's symmetric conv kernel (what the lowering's convs run) wants >= 16
 
 
 def _session(model):
     import onnxruntime as ort
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return probe_session(model, ort)
 
 
 def _probe_models(weight_code: int):
