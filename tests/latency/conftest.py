@@ -60,3 +60,9 @@ def tiny_fp32(tiny, latency_cache_dir):
 @pytest.fixture(scope="session")
 def tiny_int8(tiny, latency_cache_dir):
     return build(tiny, "int8", latency_cache_dir)
+
+
+@pytest.fixture(scope="session")
+def rebuild_latency_model(tiny):
+    """A factory: a freshly measured latency model of the tiny CNN for a precision, cached in a given folder."""
+    return lambda precision, folder: build(tiny, precision, folder)

@@ -42,8 +42,21 @@ def test_activations_and_layer_widths_follow_the_plan(tiny_fp32, tiny):
     assert lm.fraction(keep) < 1.0
 
 
+def agreeing_fraction(lm, plan, paths):
+    """(predicted, measured fractions): up to WINDOWS measurement windows, stopping at the first that agrees."""
+    predicted = lm.fraction(lm.masks(plan))
+    measured = []
+    for _ in range(WINDOWS):
+        ms = measure(paths, lm.runtime, (X,), runs=15, budget_s=1.0)
+        measured.append(ms["pruned"].ms / ms["unpruned"].ms)
+        if abs(predicted / measured[-1] - 1) < TOLERANCE:
+            break
+    return predicted, measured
+
+
 @pytest.mark.parametrize("which", ["tiny_fp32", "tiny_int8"])
-def test_prediction_of_a_pruned_model_against_its_measured_latency(which, request, tiny, tmp_path):
+def test_prediction_of_a_pruned_model_against_its_measured_latency(which, request, tiny, rebuild_latency_model,
+                                                                   tmp_path):
     lm = request.getfixturevalue(which)
     _, gm, groups = tiny
     prunable = groups.prunable()
@@ -51,17 +64,16 @@ def test_prediction_of_a_pruned_model_against_its_measured_latency(which, reques
     paths = {"unpruned": str(tmp_path / "unpruned.onnx"), "pruned": str(tmp_path / "pruned.onnx")}
     export_for(gm, (X,), lm.runtime, paths["unpruned"])
     export_for(apply_plan(gm, groups, plan), (X,), lm.runtime, paths["pruned"])
-    predicted = lm.fraction(lm.masks(plan))
-    assert predicted < 0.9
-    torch.testing.assert_close(torch.tensor(lm.predict_ms(plan)), torch.tensor(predicted * lm.measured_ms))
-    # other processes on a shared machine can slow a whole measurement window (seen: the unpruned model 1.9x
-    # slower for seconds, the pruned one not): up to three windows, one must agree
-    measured = []
-    for _ in range(WINDOWS):
-        ms = measure(paths, lm.runtime, (X,), runs=15, budget_s=1.0)
-        measured.append(ms["pruned"].ms / ms["unpruned"].ms)
-        if abs(predicted / measured[-1] - 1) < TOLERANCE:
-            break
+    assert lm.fraction(lm.masks(plan)) < 0.9
+    torch.testing.assert_close(torch.tensor(lm.predict_ms(plan)),
+                               torch.tensor(lm.fraction(lm.masks(plan)) * lm.measured_ms))
+    # other processes on a shared machine can slow a whole window (seen: the unpruned model 1.9x slower for
+    # seconds, the pruned one not), during the measurement or during the calibration the prediction rests on:
+    # up to three windows, and if none agrees, once more on a freshly measured latency model in its own cache
+    predicted, measured = agreeing_fraction(lm, plan, paths)
+    if abs(predicted / measured[-1] - 1) >= TOLERANCE:
+        fresh = rebuild_latency_model(lm.runtime.precision, str(tmp_path / "fresh_cache"))
+        predicted, measured = agreeing_fraction(fresh, plan, paths)
     assert abs(predicted / measured[-1] - 1) < TOLERANCE, (predicted, measured)
     assert all(os.path.getsize(p) > 0 for p in paths.values())
 
