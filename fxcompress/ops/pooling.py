@@ -50,7 +50,16 @@ def upsample_coupling(r) -> None:
 AVERAGE_POOL = QuantRule("requantize")
 QUANT.register(nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AvgPool1d, nn.AvgPool2d, F.adaptive_avg_pool2d,
                F.avg_pool2d, rule=AVERAGE_POOL)
-QUANT.register(nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, F.max_pool2d, rule=QuantRule("passthrough"))
+MAX_POOL_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
+MAX_POOL_FUNCTIONS = (F.max_pool1d, F.max_pool2d, F.max_pool3d)
+QUANT.register(*MAX_POOL_MODULES, *MAX_POOL_FUNCTIONS, rule=QuantRule("passthrough"))
+
+
+def is_max_pool(node, modules) -> bool:
+    """Whether an fx node max-pools (a module or a function call)."""
+    if node.op == "call_module":
+        return isinstance(modules.get(node.target), MAX_POOL_MODULES)
+    return node.op == "call_function" and node.target in MAX_POOL_FUNCTIONS
 
 
 def _averaging_matrix(n_in: int, n_out: int) -> torch.Tensor:

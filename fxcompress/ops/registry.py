@@ -121,7 +121,9 @@ class QuantRule:
     - "decompose": modules that hide their linear layers (nn.MultiheadAttention's packed projection):
       `decompose(module, node)` returns (an equivalent module built from nn.Linear layers, the nodes its
       forward takes) or the reason it cannot (a string), and QuantizeINT8 inlines the module
-      (quant/decompose.py) before planning."""
+      (quant/decompose.py) before planning.
+    `applies` narrows a rule to the calls that fit it (a pad is a pass-through when its padding value is one the
+    codes hold); for the other calls the op has no rule."""
     role: str
     weight_axis: Optional[int] = None
     upper_bound: Optional[Callable] = None        # activation: f(module or node) -> bound, None, or False (not ReLU-like)
@@ -129,6 +131,7 @@ class QuantRule:
     min_tensor_inputs: int = 1                    # requantize: fewer float tensor operands -> left in float
     shared_scale: bool = False                    # requantize: inputs may reuse the output's quantizer
     decompose: Optional[Callable] = None          # decompose: f(module, node) -> (nn.Module, inputs) or a reason
+    applies: Optional[Callable] = None            # f(node, modules) -> False where this call does not fit the role
 
 
 @dataclass(frozen=True)

@@ -211,11 +211,29 @@ _LAYOUT_FUNCTIONS = (torch.reshape, torch.transpose, torch.permute, torch.squeez
 def _layout_source(node):
     """The tensor `node` rearranges through ops onnxruntime moves a DequantizeLinear past (Reshape, Transpose,
     Squeeze, Unsqueeze: QDQ propagation), e.g. YOLOv8's DFL x.view(b, 4, 16, a).transpose(2, 1)."""
-    while isinstance(node, fx.Node) and node.args and isinstance(node.args[0], fx.Node) and (
-            (node.op == "call_method" and node.target in _LAYOUT_METHODS)
-            or (node.op == "call_function" and node.target in _LAYOUT_FUNCTIONS)):
+    while _is_layout(node) and node.args and isinstance(node.args[0], fx.Node):
         node = node.args[0]
     return node
+
+
+def _is_layout(node) -> bool:
+    return isinstance(node, fx.Node) and ((node.op == "call_method" and node.target in _LAYOUT_METHODS)
+                                          or (node.op == "call_function" and node.target in _LAYOUT_FUNCTIONS))
+
+
+def _quantizer_after_layout(node: fx.Node, modules) -> Optional[ActivationQuantizer]:
+    """The quantizer that reads `node`'s output alone, directly or through ops that only rearrange it (its
+    QuantizeLinear moves up past them: QDQ propagation), e.g. CaiT's talking-heads softmax(-1).permute(0, 2, 3, 1)
+    into a linear layer, which onnxruntime runs as QLinearSoftmax on the permuted codes."""
+    while len(node.users) == 1:
+        user = next(iter(node.users))
+        q = _quantizer_of(user, modules)
+        if q is not None:
+            return q
+        if not (_is_layout(user) and user.args[0] is node):
+            return None
+        node = user
+    return None
 
 
 def _output_quantizer(node: fx.Node, modules) -> Optional[ActivationQuantizer]:
@@ -290,10 +308,10 @@ def install_integer_emulation(gm: fx.GraphModule, weighted: Dict[str, nn.Module]
         dim = softmax_dim(node, modules)
         if dim is not None and node.args and isinstance(node.args[0], fx.Node):
             qx = _quantizer_of(_layout_source(node.args[0]), modules)
-            qy = _quantizer_of(next(iter(node.users)), modules) if len(node.users) == 1 else None
+            qy = _quantizer_after_layout(node, modules)
             if qx is not None and qy is not None and ort_qlinear_softmax_exact():   # DQ -> Softmax -> Q
                 emulation = IntegerEmulation("qlinear_softmax", [qx], qy, variant=(dim,))
-            elif any(_quantizer_of(u, modules) is not None for u in node.users):
+            elif qy is not None or any(_quantizer_of(u, modules) is not None for u in node.users):
                 sm_variant = sm_variant or ort_softmax_variant()
                 emulation = IntegerEmulation("softmax", [], None, variant=(dim, sm_variant)) if sm_variant else None
             else:

@@ -35,6 +35,8 @@ from .passthrough import is_float_tensor as _is_float_tensor, tensor_args
 def rule_for(node: fx.Node, modules: Dict[str, nn.Module]) -> Optional[QuantRule]:
     module = modules[node.target] if node.op == "call_module" else None
     rule = QUANT.lookup(node, module)
+    if rule is not None and rule.applies is not None and not rule.applies(node, modules):
+        return None
     if rule is not None and rule.role == "activation" and activation_bound(node, rule, modules) is False:
         return None   # e.g. Hardtanh(-1, 1) is not ReLU-like
     return rule
