@@ -32,6 +32,7 @@ from onnx import TensorProto, helper, numpy_helper
 from ..core.verify import flatten_outputs
 from ..onnx.runtime import ort_session, run_ort
 from .fake_quant import ActivationQuantizer
+from .onnx_nodes import is_layout_copy
 
 _SCALE_SUFFIX = ".scale"
 
@@ -69,12 +70,14 @@ def probed_model(model: onnx.ModelProto, quantizers: Dict[str, int]) -> tuple:
     probes: Dict[str, Dict[int, str]] = defaultdict(dict)
     found = []
     for node in list(probed.graph.node):
-        if node.op_type == "QuantizeLinear" and node.input[0] not in inits and len(node.input) >= 2:
+        if node.op_type == "QuantizeLinear" and node.input[0] not in inits and len(node.input) >= 2 \
+                and not is_layout_copy(node):
             which = _quantizer_call(node, quantizers)
             if which is not None:
                 found.append((node, *which))
-    # calls named by their scope first; a node known by its scale only (a lowering's helper, or a scope the
-    # exporter did not name) takes the next call left, in graph order
+    # calls named by their scope first; a node known by its scale only (a scope the exporter did not name)
+    # takes the next call left, in graph order. A lowering's layout copy is skipped: it duplicates a call
+    # probed under its own name (coat_tiny: a 7600-code copy was compared with a later 152-code call)
     for node, name, call in sorted(found, key=lambda f: f[2] is None):
         calls = probes[name]
         call = call if call is not None else next(k for k in range(len(calls) + 1) if k not in calls)

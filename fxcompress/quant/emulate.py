@@ -23,8 +23,9 @@ constant, which the exporter quantizes itself with torch's rounding. BatchNorms 
 FoldBatchNorm leaves (densenet121's after each concatenation) run as onnxruntime's float BatchNormalization,
 whose output differs from torch's BatchNorm on ~40% of the values (another reciprocal square root, no fused
 multiply-add: `ort_batch_norm`, probed as well): with these emulated densenet121's 251 quantizers agree bit
-for bit (33.6 -> 114.8 dB). Its QLinearConcat and QLinearAveragePool (2x2) need nothing of their own:
-measured, they give the codes of the float concatenation / average followed by QuantizeLinear's rounding.
+for bit (33.6 -> 114.8 dB). Its QLinearConcat needs nothing of its own: measured, it gives the codes of the
+float concatenation followed by QuantizeLinear's rounding. Average pools run as QLinearAveragePool or
+QLinearGlobalAveragePool, emulated in `qlinear_average_pool.py`.
 A softmax between two quantizers (DequantizeLinear -> Softmax -> QuantizeLinear, also through Reshape /
 Transpose, which onnxruntime moves the DequantizeLinear past) is fused into QLinearSoftmax: a table on the
 uint8 codes, requantized with floor(1 / scale) (`qlinear_softmax`); YOLOv8n's DFL softmax, near-uniform at
@@ -57,6 +58,8 @@ from .fake_quant import WEIGHT_QMAX, WEIGHT_QMIN, ActivationQuantizer, WeightQua
 from .insert import rule_for
 from .lower_silu import ort_quick_gelu_form
 from .observers import QMAX, QMIN
+from .qlinear_average_pool import (average_pool_variant, covers_whole_map, global_pool, qlinear_average_pool,
+                                   qlinear_global_average_pool)
 from .ort_float_ops import (mlas_logistic, ort_logistic_variant, logistic_kind, ort_batch_norm, ort_batch_norm_variant,
                             float_batch_norm, mlas_softmax, ort_softmax_variant, softmax_dim, qlinear_softmax,
                             ort_qlinear_softmax_exact)
@@ -90,6 +93,12 @@ class IntegerEmulation(nn.Module):
                 out = self._add(*inputs)
             elif self.kind == "global_average_pool":
                 out = self._global_average_pool(inputs[0])
+            elif self.kind == "average_pool":
+                qx, qy = self.refs["inputs"][0], self.refs["output"]
+                codes = qlinear_average_pool(_codes(inputs[0], qx) + float(qx.zero_point), self.refs["variant"],
+                                             tuple(result.shape[2:]), qx.scale, int(qx.zero_point), qy.scale,
+                                             int(qy.zero_point))
+                out = (codes - float(qy.zero_point)) * qy.scale.float()
             elif self.kind in ("sigmoid", "silu", "quick_gelu", "silu_sigmoid"):
                 out = self._logistic(inputs[0])
             elif self.kind == "batch_norm":
@@ -167,34 +176,10 @@ class IntegerEmulation(nn.Module):
         return table[(_codes(x, q) + zp).clamp(QMIN, QMAX).long() - QMIN]
 
     def _global_average_pool(self, x: torch.Tensor) -> torch.Tensor:
-        """QLinearGlobalAveragePool (MLAS): the integer sum of the codes minus zp_x * N, requantized with
-        fl32(s_x / fl32(s_y * N)), rounded half to even."""
         qx, qy = self.refs["inputs"][0], self.refs["output"]
-        spatial = tuple(range(2, x.dim()))
-        n = 1
-        for d in spatial:
-            n *= x.shape[d]
-        codes = (_codes(x, qx) + float(qx.zero_point)).double()
-        acc = codes.sum(dim=spatial, keepdim=True) - float(qx.zero_point) * n     # exact: integers < 2^53
-        scale = (qx.scale.float() / (qy.scale.float() * torch.tensor(float(n), dtype=torch.float32))).float()
-        return self._requantized(acc.float() * scale)
-
-
-_ADAPTIVE_AVERAGE_POOLS = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
-
-
-def _global_pool(node: fx.Node, modules) -> bool:
-    """An adaptive average pool to one value per channel: what the exporter writes as GlobalAveragePool and
-    onnxruntime runs as QLinearGlobalAveragePool. A fixed-kernel pool with a 1x1 output is not one (with
-    padding, count_include_pad divides a 1x1 map by the kernel's area: inception_v3's Mixed_7 branch
-    pools); onnxruntime runs it as QLinearAveragePool, whose float requantization the model computes."""
-    meta = node.meta.get("tensor_meta")
-    if meta is None or not hasattr(meta, "shape") or len(meta.shape) <= 2 or any(s != 1 for s in meta.shape[2:]):
-        return False
-    if node.op == "call_module":
-        return isinstance(modules.get(node.target), _ADAPTIVE_AVERAGE_POOLS)
-    return node.op == "call_function" and node.target in (F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
-                                                          F.adaptive_avg_pool3d)
+        acc, multiplier = qlinear_global_average_pool(_codes(x, qx) + float(qx.zero_point), qx.scale,
+                                                      int(qx.zero_point), qy.scale)
+        return self._requantized(acc.float() * multiplier)
 
 
 def _quantizer_of(node, modules) -> Optional[ActivationQuantizer]:
@@ -338,7 +323,7 @@ def install_integer_emulation(gm: fx.GraphModule, weighted: Dict[str, nn.Module]
                     (node.args[0],))
             counts["emulated_sigmoids"] += 1
             continue
-        kind = inputs = layer = None
+        kind = inputs = layer = pool = None
         if node.op == "call_module" and node.target in weighted and node.args:
             qx = _quantizer_of(node.args[0], modules)
             if qx is not None and int(getattr(weighted[node.target].parametrizations.weight[0], "zero_point",
@@ -350,16 +335,22 @@ def install_integer_emulation(gm: fx.GraphModule, weighted: Dict[str, nn.Module]
             qs = [_quantizer_of(a, modules) for a in node.args]
             if all(q is not None for q in qs):
                 kind, inputs, args = "add", qs, tuple(node.args)
-        elif rule_for(node, modules) is AVERAGE_POOL and _global_pool(node, modules) and node.args:
+        elif rule_for(node, modules) is AVERAGE_POOL and global_pool(node, modules) and node.args:
             qx = _quantizer_of(node.args[0], modules)
             if qx is not None:
                 kind, inputs, args = "global_average_pool", [qx], (node.args[0],)
+        elif rule_for(node, modules) is AVERAGE_POOL and node.args and average_pool_variant(node, modules):
+            qx, pool = _quantizer_of(node.args[0], modules), average_pool_variant(node, modules)
+            shape = getattr(node.args[0].meta.get("tensor_meta"), "shape", None)
+            if qx is not None and shape is not None:   # QLinearAveragePool, or global where the kernel covers all
+                kind = "global_average_pool" if covers_whole_map(pool, tuple(shape[2:])) else "average_pool"
+                inputs, args = [qx], (node.args[0],)
         if kind is None:
             continue
         qy = _output_quantizer(node, modules)
         if qy is None:
             continue
-        _insert(gm, node, IntegerEmulation(kind, inputs, qy, layer), args)
+        _insert(gm, node, IntegerEmulation(kind, inputs, qy, layer, variant=pool), args)
         counts[{"weighted": "emulated_layers", "add": "emulated_adds"}.get(kind, "emulated_pools")] += 1
     gm.recompile()
     return counts

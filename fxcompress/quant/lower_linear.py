@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .onnx_nodes import consumers, topological
+from .onnx_nodes import consumers, mark_layout_copy, topological
 
 
 def lower_nd_linears(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -136,8 +136,8 @@ def _as_pointwise_conv(graph, inits, tag, x_dq, w_dq, bias, n_in, n_out, out, q,
     # the conv's output is quantized by a copy of the layer's QuantizeLinear; the layer's own one quantizes
     # it back in the [1, rows, 1, out] layout (its codes are the layer's output codes, element for element)
     y_scale_zp = list(q.input[1:])
-    new += [helper.make_node("QuantizeLinear", [chain[-1].output[0] if chain else names["y"]] + y_scale_zp,
-                             [names["y_q"]], name=f"{tag}_y_q"),
+    new += [mark_layout_copy(helper.make_node("QuantizeLinear", [chain[-1].output[0] if chain else names["y"]]
+                                              + y_scale_zp, [names["y_q"]], name=f"{tag}_y_q")),
             helper.make_node("DequantizeLinear", [names["y_q"]] + y_scale_zp, [names["y_dq"]], name=f"{tag}_y_dq"),
             helper.make_node("Transpose", [names["y_dq"]], [names["y_nhwc"]], perm=[0, 2, 3, 1],
                              name=f"{tag}_to_nhwc")]

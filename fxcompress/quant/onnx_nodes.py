@@ -8,6 +8,20 @@ import onnx
 from ..core.errors import VerificationError
 
 
+# a lowering's copy of a quantizer's QuantizeLinear (the same codes in another layout, beside the original):
+# the INT8 check compares the original and must not take the copy for another call of that quantizer
+LAYOUT_COPY = "fxcompress: a copy of a quantizer's QuantizeLinear in another layout"
+
+
+def mark_layout_copy(node: onnx.NodeProto) -> onnx.NodeProto:
+    node.doc_string = LAYOUT_COPY
+    return node
+
+
+def is_layout_copy(node: onnx.NodeProto) -> bool:
+    return node.doc_string == LAYOUT_COPY
+
+
 def consumers(graph) -> Dict[str, List[onnx.NodeProto]]:
     users: Dict[str, List[onnx.NodeProto]] = {}
     for n in graph.node:
