@@ -59,6 +59,25 @@ def _quantizer_call(node: onnx.NodeProto, quantizers: Dict[str, int]) -> Optiona
     return (scale, None) if scale in quantizers else None
 
 
+def quantizer_calls(gm: fx.GraphModule) -> Dict[str, int]:
+    """{activation quantizer: calls in the fx graph} of the quantizers that quantize."""
+    modules = dict(gm.named_modules())
+    calls: Dict[str, int] = defaultdict(int)
+    for node in gm.graph.nodes:
+        m = modules.get(node.target) if node.op == "call_module" else None
+        if isinstance(m, ActivationQuantizer) and m.mode == "quantize":
+            calls[node.target] += 1
+    return calls
+
+
+def file_quantizers(model: onnx.ModelProto, gm: fx.GraphModule) -> set:
+    """The activation quantizers of `gm` that have a QuantizeLinear node in the file (not folded away)."""
+    quantizers = quantizer_calls(gm)
+    found = (_quantizer_call(n, quantizers) for n in model.graph.node
+             if n.op_type == "QuantizeLinear" and len(n.input) >= 2 and not is_layout_copy(n))
+    return {f[0] for f in found if f is not None}
+
+
 def probed_model(model: onnx.ModelProto, quantizers: Dict[str, int]) -> tuple:
     """(copy of `model` that also outputs the uint8 codes of every activation QuantizeLinear, as float,
     {quantizer name: {call index: probe output}}) for `quantizers` (name -> calls in the fx graph)."""
@@ -152,12 +171,7 @@ def compare_codes(model: onnx.ModelProto, gm: fx.GraphModule, inputs: Sequence[t
     largest fraction of flipped codes of any quantizer, how many quantizer calls were compared and which
     quantizers onnxruntime's file has no QuantizeLinear for (constants the exporter folded), and the
     outputs' SNR from the forced codes (`snr_forced_db`)."""
-    modules = dict(gm.named_modules())
-    quantizers: Dict[str, int] = defaultdict(int)
-    for node in gm.graph.nodes:
-        m = modules.get(node.target) if node.op == "call_module" else None
-        if isinstance(m, ActivationQuantizer) and m.mode == "quantize":
-            quantizers[node.target] += 1
+    quantizers = quantizer_calls(gm)
     codes, ort_outputs = onnxruntime_codes(model, quantizers, inputs, threads)
     forced = _Forced(gm.eval(), codes)
     with torch.no_grad():
