@@ -156,8 +156,9 @@ def _compare_with_model(gm: fx.GraphModule, model: torch.nn.Module, example_inpu
             with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
                 compare_outputs(gm(*inputs), expected, TOLERANCES["exact_transform"], what)
             holds[what] = True
-        except (VerificationError, RuntimeError, ValueError, AssertionError) as e:
-            # AssertionError: a frozen branch reaches a shape assert the model's own branch avoids (crossvit's
-            # scale_image skips its resize at the example's size; at another, the patch embedding asserts)
+        except Exception as e:  # noqa: BLE001 - whatever the graph raises there, it does not hold there
+            # a frozen branch may reach a shape assert the model's own branch avoids (crossvit's scale_image
+            # skips its resize at the example's size; at another, the patch embedding asserts), or index past
+            # a table it did not resize (samvit's relative positions: IndexError)
             holds[what] = f"no: {type(e).__name__}: {_first_line(e, 120)}"
     return holds

@@ -1,4 +1,4 @@
-"""Reductions and normalisations over a dim: mean/sum/amax/max, softmax, log-softmax, F.normalize.
+"""Reductions and normalisations over a dim: mean/sum/amax/max, p-norms, softmax, log-softmax, F.normalize.
 
 Channels: reduced dims stop here (a mean over channels would change with pruning); the others pass.
 Softmax normalises over its dim, which therefore stays whole. F.normalize may lose channels along its
@@ -42,3 +42,23 @@ def softmax_coupling(r) -> None:
 @COUPLING.register(F.normalize)
 def normalize_coupling(r) -> None:
     r.identity(r.arg(0, "input"), r.out())
+
+
+@COUPLING.register("norm", torch.norm, torch.linalg.vector_norm)
+def norm_coupling(r) -> None:
+    """A p-norm reduces its dims like a sum (zero entries add nothing); the other dims pass through."""
+    x, y = r.arg(0, "input"), r.out()
+    if y is None:
+        raise ValueError("non-tensor result")
+    dims = r.raw(2, "dim")
+    keepdim = r.raw(3, "keepdim", False)
+    if dims is None:
+        return
+    dims = {d % r.rank(x) for d in (dims if isinstance(dims, (list, tuple)) else [dims])}
+    j = 0
+    for d in range(r.rank(x)):
+        if d in dims:
+            j += 1 if keepdim else 0
+            continue
+        r.same(x, d, y, j)
+        j += 1

@@ -213,3 +213,31 @@ def test_a_graph_failing_on_its_own_example_is_a_verification_error_naming_the_m
     with pytest.raises(fxcompress.VerificationError) as info:
         _check_against_model(gm, Model(), (torch.randn(2, 3),))
     assert "traced from Model" in str(info.value) and "AssertionError: batch of 5 only" in str(info.value)
+
+
+class FrozenTableResize(nn.Module):
+    """samvit's relative positions: a table resized to the input's size unless it already fits, then indexed by
+    positions computed from the input. Traced at the table's size, the resize is frozen out; at another size
+    the graph indexes past the table's end (IndexError)."""
+
+    def __init__(self, size=12):
+        super().__init__()
+        self.size, self.table, self.conv = size, nn.Parameter(torch.randn(size)), nn.Conv2d(3, 4, 1)
+
+    def forward(self, x):
+        parts = list(x.chunk(1, 0))                     # symbolic tracing gives up here
+        x = parts[0]
+        table = self.table
+        if x.shape[-1] != self.size:
+            table = F.interpolate(table[None, None], size=x.shape[-1], mode="linear")[0, 0]
+        positions = torch.ones_like(x[0, 0, 0]).cumsum(0).long() - 1
+        return self.conv(x) * table[positions]
+
+
+def test_a_graph_that_raises_any_error_at_another_size_is_reported_not_raised():
+    model, x = FrozenTableResize().eval(), torch.randn(1, 3, 12, 12)
+    gm, info = capture(model, (x,))
+    assert info["method"] == "concrete"
+    assert info["holds_for"]["batch"] is True
+    assert info["holds_for"]["size"].startswith("no: IndexError"), info["holds_for"]
+    torch.testing.assert_close(gm(x), model(x))
