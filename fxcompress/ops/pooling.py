@@ -2,7 +2,8 @@
 F.interpolate: the FPN of a detector).
 
 Channels: batch and channel dims pass through; spatial dims are the op's business. INT8: average pools
-run as QLinearAveragePool / QLinearGlobalAveragePool (input and output requantized); max-pools only
+run as QLinearAveragePool / QLinearGlobalAveragePool (input and output requantized), and so does a mean over
+H and W (rewritten as the global pool it is, `SpatialMean`); max-pools only
 select values, so they reuse their input's quantization and run on uint8. ONNX export: torch's exporter
 writes an adaptive pool with an output over 1 only when it can read the input's size, which it loses
 behind a Pad or a reshape with computed sizes; the recorded sizes make it a plain pool where they divide,
@@ -50,6 +51,52 @@ def upsample_coupling(r) -> None:
 AVERAGE_POOL = QuantRule("requantize")
 QUANT.register(nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AvgPool1d, nn.AvgPool2d, F.adaptive_avg_pool2d,
                F.avg_pool2d, rule=AVERAGE_POOL)
+
+
+class SpatialMean(nn.Module):
+    """`x.mean((2, 3), keepdim)` of an NCHW map (a squeeze-excitation's squeeze) as the global average pool it
+    is. QuantizeINT8 inlines it in place of the mean ("decompose" below), so the mean runs in INT8 as
+    QLinearGlobalAveragePool, whose arithmetic the INT8 check emulates exactly; a float ReduceMean between
+    DequantizeLinear and QuantizeLinear sums in another order than torch and flips codes (fbnetv3_b).
+
+        y = SpatialMean(keepdim=True)(x)    # == x.mean((2, 3), keepdim=True)
+    """
+
+    def __init__(self, keepdim: bool):
+        super().__init__()
+        self.keepdim = keepdim
+
+    def forward(self, x):
+        y = F.adaptive_avg_pool2d(x, 1)
+        return y if self.keepdim else y.flatten(1)
+
+
+def _mean_args(node):
+    """(input, dims, keepdim) of a torch.mean / Tensor.mean call; None for other signatures (a dtype)."""
+    if set(node.kwargs) - {"dim", "keepdim"} or len(node.args) > 3:
+        return None
+    x = node.args[0]
+    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    keepdim = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
+    return x, dims, keepdim
+
+
+def _is_spatial_mean(node, modules=None) -> bool:
+    args = _mean_args(node)
+    shape = static_shape(args[0]) if args is not None else None
+    if shape is None or len(shape) != 4 or not isinstance(args[2], bool):
+        return False
+    dims = args[1] if isinstance(args[1], (list, tuple)) else [args[1]]
+    return all(isinstance(d, int) for d in dims) and sorted(d % 4 for d in dims) == [2, 3]
+
+
+def spatial_mean_as_pool(_, node):
+    x, _, keepdim = _mean_args(node)
+    return SpatialMean(keepdim), [x]
+
+
+QUANT.register(torch.mean, "mean", rule=QuantRule("decompose", decompose=spatial_mean_as_pool,
+                                                  applies=_is_spatial_mean))
 MAX_POOL_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
 MAX_POOL_FUNCTIONS = (F.max_pool1d, F.max_pool2d, F.max_pool3d)
 QUANT.register(*MAX_POOL_MODULES, *MAX_POOL_FUNCTIONS, rule=QuantRule("passthrough"))

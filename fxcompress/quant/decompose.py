@@ -1,7 +1,8 @@
 """Inlining the "decompose" rules of the op families (QUANT registry) before INT8 quantization: an op that
 hides its linear layers (nn.MultiheadAttention computes its packed q/k/v projection inside one call, Swin's
 window attention takes its projections as weight tensors) is replaced, in the graph, by the ops of an
-equivalent module built from nn.Linear layers, which the quantizer then treats as any other linear layer.
+equivalent module built from nn.Linear layers, which the quantizer then treats as any other linear layer;
+a mean over an NCHW map's H and W becomes the global average pool it is (ops/pooling.py).
 Needs tensor_meta on the nodes; the caller checks the result exact.
 
     report = decompose_modules(gm)   # {"decomposed": [...], "kept": {op: why}}
@@ -25,11 +26,11 @@ def decompose_modules(gm: fx.GraphModule) -> dict:
     modules = dict(gm.named_modules())
     decomposed, kept = [], {}
     for node in list(gm.graph.nodes):
-        if node.op not in ("call_module", "call_function"):
+        if node.op not in ("call_module", "call_function", "call_method"):
             continue
         module = modules[node.target] if node.op == "call_module" else None
         rule = QUANT.lookup(node, module)
-        if rule is None or rule.role != "decompose":
+        if rule is None or rule.role != "decompose" or (rule.applies is not None and not rule.applies(node, modules)):
             continue
         label = node.target if module is not None else node.name
         found = rule.decompose(module, node)
@@ -58,10 +59,11 @@ def decompose_modules(gm: fx.GraphModule) -> dict:
 
 
 def _free_path(gm: fx.GraphModule, node: fx.Node) -> str:
-    """Where a function call's replacement module goes: beside the first parameter it reads."""
+    """Where a function call's replacement module goes: beside the first parameter it reads (at the root
+    for a call that reads none, a mean)."""
     owner = next((a.target.rpartition(".")[0] for a in node.all_input_nodes if a.op == "get_attr"), "")
     owner = owner.rpartition(".")[0] if owner else ""   # ...attn.qkv.weight -> ...attn
-    base = f"{owner}.{node.name}_as_linears" if owner else f"{node.name}_as_linears"
+    base = f"{owner}.{node.name}_decomposed" if owner else f"{node.name}_decomposed"
     return base
 
 

@@ -58,6 +58,7 @@ from .fake_quant import WEIGHT_QMAX, WEIGHT_QMIN, ActivationQuantizer, WeightQua
 from .insert import rule_for
 from .lower_silu import ort_quick_gelu_form
 from .observers import QMAX, QMIN
+from .qlinear_add import qlinear_add
 from .qlinear_average_pool import (average_pool_variant, covers_whole_map, global_pool, qlinear_average_pool,
                                    qlinear_global_average_pool)
 from .ort_float_ops import (mlas_logistic, ort_logistic_variant, logistic_kind, ort_batch_norm, ort_batch_norm_variant,
@@ -147,18 +148,11 @@ class IntegerEmulation(nn.Module):
         return self._requantized(acc.float() * multiplier)
 
     def _add(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        qa, qb = self.refs["inputs"]
-        qc = self.refs["output"]
-        sc = qc.scale.float()
-        ra, rb = (qa.scale.float() / sc).double(), (qb.scale.float() / sc).double()
-        za, zb, zc = float(qa.zero_point), float(qb.zero_point), float(qc.zero_point)
-        fixed = (zc - ((ra.float() * za) + (rb.float() * zb)).float()).double()
-        ac = (_codes(a, qa) + za).double()     # the uint8 codes
-        bc = (_codes(b, qb) + zb).double()
-        # two float32 fused multiply-adds, each rounded once (float64 holds the products exactly)
-        value = (ac * ra + (bc * rb + fixed).float().double()).float()
+        (qa, qb), qc = self.refs["inputs"], self.refs["output"]
+        value = qlinear_add(_codes(a, qa) + float(qa.zero_point), qa.scale, int(qa.zero_point),
+                            _codes(b, qb) + float(qb.zero_point), qb.scale, int(qb.zero_point), qc.scale,
+                            int(qc.zero_point))
         return self._requantized(value, zp_added=True)
-
 
     def _logistic(self, x: torch.Tensor) -> torch.Tensor:
         """onnxruntime's float Sigmoid (or x * Sigmoid(x)). On a fake-quantized input it is computed once per
