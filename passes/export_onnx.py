@@ -74,7 +74,10 @@ class ExportONNX(LoweringPass):
 
     def _int8_check(self, ctx, folded, proto):
         flops = ctx.flops()
-        macs = {n.target: flops.per_node.get(n.name, 0) for n in ctx.gm.graph.nodes if n.op == "call_module"}
+        macs = {}   # a layer called several times (a shared MLP) does the MACs of every call
+        for n in ctx.gm.graph.nodes:
+            if n.op == "call_module":
+                macs[n.target] = macs.get(n.target, 0) + flops.per_node.get(n.name, 0)
         layer_macs = {layer: macs.get(layer, 0) for layer in quantized_layers(ctx.gm).values()}
         held_out = held_out_batches(ctx.val_loader) if ctx.val_loader is not None else []
         batches = [tuple(t.to(ctx.device) for t in b) for b in held_out] or self._batches(ctx)

@@ -32,29 +32,21 @@ def lower_nd_linears(model: onnx.ModelProto) -> onnx.ModelProto:
     after: Dict[int, list] = {}
     dead = set()
     index = {id(n): i for i, n in enumerate(graph.node)}
-    for node in graph.node:
-        if node.op_type != "MatMul":
-            continue
-        transpose, x_dq = producer.get(node.input[1]), producer.get(node.input[0])
-        if transpose is None or transpose.op_type != "Transpose" or x_dq is None \
-                or x_dq.op_type != "DequantizeLinear" or any(i not in inits for i in x_dq.input[1:]):
-            continue
-        w_dq = producer.get(transpose.input[0])
-        if w_dq is None or w_dq.op_type != "DequantizeLinear" or w_dq.input[0] not in inits \
-                or len(inits[w_dq.input[0]].dims) != 2 or len(users.get(transpose.output[0], [])) != 1 \
-                or len(users.get(w_dq.output[0], [])) != 1:
-            continue
-        n_out, n_in = inits[w_dq.input[0]].dims
-        out, bias = node.output[0], None
-        add = users.get(out, [])
-        if len(add) == 1 and add[0].op_type == "Add":
-            other = [i for i in add[0].input if i != out]
-            if len(other) == 1 and other[0] in inits and list(inits[other[0]].dims) == [n_out]:
-                bias, out = other[0], add[0].output[0]
-                dead.add(id(add[0]))
+    plans = [p for p in (_plan(node, producer, users, inits) for node in graph.node if node.op_type == "MatMul") if p]
+    # a weight shared by several calls (coat's MLP run on three branches; the exporter gives its one
+    # DequantizeLinear a Transpose per call) becomes one 1x1 kernel: every call must then be a convolution
+    calls: Dict[str, list] = {}
+    for p in plans:
+        calls.setdefault(p["w_dq"].output[0], []).append(p)
+    plans = [p for p in plans if len(calls[p["w_dq"].output[0]]) == len(users.get(p["w_dq"].output[0], [])) and
+             (len(calls[p["w_dq"].output[0]]) == 1 or all(c["conv"] for c in calls[p["w_dq"].output[0]]))]
+    for p in plans:
+        node, transpose, x_dq, w_dq, bias, out = (p[k] for k in ("node", "transpose", "x_dq", "w_dq", "bias", "out"))
+        n_out, n_in, q, chain = p["n_out"], p["n_in"], p["q"], p["chain"]
+        if p["add"] is not None:
+            dead.add(id(p["add"]))
         tag = node.name or out
-        q, chain = _output_quantizer(out, users)
-        if q is not None and n_in % 4 == 0 and n_out >= 16 and len(users.get(w_dq.input[0], [])) == 1:
+        if p["conv"]:
             new = _as_pointwise_conv(graph, inits, tag, x_dq, w_dq, bias, n_in, n_out, out, q, chain, users, after,
                                      index)
             before.setdefault(index[id(node)], []).extend(new)
@@ -100,6 +92,31 @@ def lower_nd_linears(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def _plan(node, producer, users, inits):
+    """What lowering a MatMul needs, or None where it is not a quantized linear layer: DQ(x) -> MatMul with
+    Transpose(DQ(int8 W)) [-> Add(bias)], and whether it becomes a 1x1 convolution (a quantized output, at
+    least 16 outputs, inputs in multiples of 4, an int8 weight read by its DequantizeLinear alone)."""
+    transpose, x_dq = producer.get(node.input[1]), producer.get(node.input[0])
+    if transpose is None or transpose.op_type != "Transpose" or x_dq is None \
+            or x_dq.op_type != "DequantizeLinear" or any(i not in inits for i in x_dq.input[1:]):
+        return None
+    w_dq = producer.get(transpose.input[0])
+    if w_dq is None or w_dq.op_type != "DequantizeLinear" or w_dq.input[0] not in inits \
+            or len(inits[w_dq.input[0]].dims) != 2 or len(users.get(transpose.output[0], [])) != 1:
+        return None
+    n_out, n_in = inits[w_dq.input[0]].dims
+    out, bias, add = node.output[0], None, None
+    readers = users.get(out, [])
+    if len(readers) == 1 and readers[0].op_type == "Add":
+        other = [i for i in readers[0].input if i != out]
+        if len(other) == 1 and other[0] in inits and list(inits[other[0]].dims) == [n_out]:
+            bias, out, add = other[0], readers[0].output[0], readers[0]
+    q, chain = _output_quantizer(out, users)
+    conv = q is not None and n_in % 4 == 0 and n_out >= 16 and len(users.get(w_dq.input[0], [])) == 1
+    return {"node": node, "transpose": transpose, "x_dq": x_dq, "w_dq": w_dq, "bias": bias, "out": out, "add": add,
+            "n_out": n_out, "n_in": n_in, "q": q, "chain": chain, "conv": conv}
+
+
 def _back_shape(graph, prefix: str, x_q: str, n_out: int) -> tuple:
     """(nodes computing x_q's leading dims + [n_out], the name of that shape): where a layer's output goes
     back to its input's rank."""
@@ -119,8 +136,9 @@ def _as_pointwise_conv(graph, inits, tag, x_dq, w_dq, bias, n_in, n_out, out, q,
     names = {k: f"{tag}_as_conv_{k}" for k in ("rows_shape", "x_q4d", "x_dq4d", "x_nchw", "y", "y_dq", "y_nhwc",
                                                "y_q", "y_back")}
     w = inits[w_dq.input[0]]
-    del w.dims[:]
-    w.dims.extend([n_out, n_in, 1, 1])   # the same int8 values (row-major), as a 1x1 kernel
+    if len(w.dims) == 2:   # once for a weight that several calls share
+        del w.dims[:]
+        w.dims.extend([n_out, n_in, 1, 1])   # the same int8 values (row-major), as a 1x1 kernel
     graph.initializer.append(numpy_helper.from_array(np.array([1, -1, 1, n_in], dtype=np.int64), names["rows_shape"]))
     x_q, scale_zp = x_dq.input[0], list(x_dq.input[1:])
     back, names["back_shape"] = _back_shape(graph, f"{tag}_as_conv", x_q, n_out)

@@ -76,6 +76,36 @@ def test_nd_linear_layers_run_as_integer_kernels_and_pass_the_check(tmp_path, mo
     assert "MatMul" not in ops and ops.count("Transpose") == 2 * (model is ChannelsLastBlock)
 
 
+class SharedMLP(nn.Module):
+    """coat's parallel blocks: one MLP run on two branches of different scales (the exporter gives the shared
+    weight one DequantizeLinear with a Transpose per call)."""
+
+    def __init__(self, d=16):
+        super().__init__()
+        self.a, self.b = nn.Linear(d, d), nn.Linear(d, d)
+        self.mlp = nn.Sequential(nn.Linear(d, 2 * d), nn.ReLU(), nn.Linear(2 * d, d))
+        self.head = nn.Linear(d, 10)
+
+    def forward(self, x):
+        x2, x3 = self.a(x), 3.0 * self.b(x)
+        return self.head((self.mlp(x2) + self.mlp(x3)).mean(1))
+
+
+def test_a_linear_layer_shared_by_several_calls_runs_as_one_integer_kernel_per_call(tmp_path):
+    """Each call becomes a 1x1 QLinearConv on the one int8 kernel (left as MatMulIntegerToFloat, it computed
+    in float what the fake-quant model emulates in integers: coat_tiny's shared MLP had 1.2e-3 of its codes a
+    step off)."""
+    path = str(tmp_path / "m.onnx")
+    result, _ = _export(SharedMLP(), (5, 16), path)
+    metrics = result.report.records[-1].metrics
+    ops = [n.op_type for n in optimized_graph(path).graph.node]
+    assert "MatMulIntegerToFloat" not in ops and "MatMul" not in ops
+    assert ops.count("QLinearConv") == 2 + 2 * 2          # a, b, and the MLP's two layers twice
+    assert metrics["code_flip_fraction"] == 0 and metrics["int8_mac_fraction"] == 1.0
+    kernels = [i for i in onnx.load(path).graph.initializer if list(i.dims) == [32, 16, 1, 1]]
+    assert len(kernels) == 1                              # one kernel for both calls
+
+
 def test_without_the_rewrite_the_file_is_refused(tmp_path, monkeypatch):
     """Left as MatMul on a transposed weight, onnxruntime runs the layers as MatMulIntegerToFloat (integer
     products, a float output the fake-quant model does not emulate): the kernel check follows the folded
