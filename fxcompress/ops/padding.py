@@ -77,4 +77,12 @@ def pad_keeps_codes(node: fx.Node, modules) -> bool:
     return value == -math.inf and bool(node.users) and all(is_max_pool(u, modules) for u in node.users)
 
 
-QUANT.register(*PAD_MODULES, F.pad, rule=QuantRule("passthrough", applies=pad_keeps_codes))
+def pad_may_be_quantized(node: fx.Node, modules) -> bool:
+    """A -inf pad carries its input's codes (the lowest code pads), but has no quantizer of its own: one would
+    observe -inf (pnasnet5large, whose unfolded BatchNorm before a same-padding max pool has a float reader:
+    the max pool's output is quantized instead)."""
+    return _pad_value(node, modules)[1] != -math.inf
+
+
+QUANT.register(*PAD_MODULES, F.pad, rule=QuantRule("passthrough", applies=pad_keeps_codes,
+                                                  own_quantizer=pad_may_be_quantized))

@@ -132,6 +132,8 @@ class QuantRule:
     shared_scale: bool = False                    # requantize: inputs may reuse the output's quantizer
     decompose: Optional[Callable] = None          # decompose: f(module, node) -> (nn.Module, inputs) or a reason
     applies: Optional[Callable] = None            # f(node, modules) -> False where this call does not fit the role
+    own_quantizer: Optional[Callable] = None      # passthrough: f(node, modules) -> False where the output may only
+                                                  # share its input's quantizer (a -inf pad), never have its own
 
 
 @dataclass(frozen=True)

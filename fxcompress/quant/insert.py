@@ -87,6 +87,10 @@ def plan_quantization(gm: fx.GraphModule, min_input_channels: int = 1) -> QuantP
             need[n] = None
     # a pass-through op's quantizer moves up onto the tensor it moves, where that changes no float reader
     hoist_quantizers(need, rules)
+    for n in list(need):   # a -inf pad shares its input's quantizer or none: its max pool's output is quantized
+        rule = rules[n]
+        if rule is not None and rule.own_quantizer is not None and not rule.own_quantizer(n, modules):
+            del need[n]
     # ReLU-like op as the only user of a quantized op: quantize after it (the lowering drops the ReLU)
     for n in list(need):
         rule = rules[n]

@@ -91,3 +91,35 @@ def test_pads_keep_their_input_codes_where_the_codes_hold_the_padding_value(tmp_
                                 (calib[0],), calib_loader=calib, val_loader=calib[:1], progress=False)
     metrics = result.report.records[-1].metrics   # the INT8 check compared every quantizer's codes
     assert metrics["max_code_step"] == 0 and metrics["quantizers_not_in_file"] == []
+
+
+class FloatBeforeSamePool(nn.Module):
+    """pnasnet5large's cell: a same-padding max pool (-inf pad) after a float op whose output also has a float
+    reader, so no quantizer can move up onto it."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        h = self.a(x) * 1.5 + 0.25                      # float ops: no quantizer of their own
+        p = F.max_pool2d(F.pad(h, (0, 1, 0, 1), value=-float("inf")), 3, 2)
+        return self.b(p).mean((2, 3)), h.mean((2, 3))   # h also read in float
+
+
+def test_a_minus_inf_pad_never_gets_a_quantizer_of_its_own(tmp_path):
+    import torch.fx as fx
+    from fxcompress.graph.shapes import record_shapes
+    from fxcompress.passes import ExportONNX, QuantizeINT8
+    from fxcompress.quant.insert import plan_quantization
+    model = FloatBeforeSamePool().eval()
+    gm = fx.symbolic_trace(model)
+    record_shapes(gm, (torch.randn(2, 3, 16, 16),))
+    plan = plan_quantization(gm)
+    quantized = {n.name for n in plan.quantized}
+    assert "pad" not in quantized and "max_pool2d" in quantized
+    g = torch.Generator().manual_seed(0)
+    calib = [torch.randn(4, 3, 16, 16, generator=g) for _ in range(3)]
+    result = fxcompress.compile(model, [QuantizeINT8(progress=False), ExportONNX(str(tmp_path / "m.onnx"))],
+                                (calib[0],), calib_loader=calib, val_loader=calib[:1], progress=False)
+    assert result.report.records[-1].metrics["max_code_step"] <= 1
