@@ -2,13 +2,16 @@
 (`fxcompress.core.provenance`, with Torch-Pruning's version too, which some benchmarks compare against).
 
 Every benchmark that writes a results file stores `provenance(...)` under its "provenance" key. No machine
-paths are recorded (no home directory, venv or checkout location)."""
+paths are recorded (no home directory, venv or checkout location). The commit is the one the benchmark
+started from (taken when it imports this module), not the one the checkout holds when it writes."""
 from __future__ import annotations
 
 import os
 from typing import Optional
 
-from fxcompress.core.provenance import cpu_model, provenance as _provenance
+from fxcompress.core.provenance import cpu_model, provenance as _provenance, record_code_state
+
+record_code_state()   # imported when a benchmark starts: its results name the commit it started from
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 __all__ = ["cpu_model", "provenance", "scrub_paths", "REPO"]

@@ -229,6 +229,7 @@ def main(argv=None):
     p.add_argument("--out", default=os.path.join(RESULTS, "zoo_prune"))
     p.add_argument("--shard", default="0/1", help="i/n: run every n-th model starting at i (parallel workers)")
     p.add_argument("--merge", nargs="*", help="merge the JSON files of finished shards into --out and exit")
+    p.add_argument("--note", default="", help="a sentence recorded in the results file (how it was run)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (1 when sharing the machine with a benchmark)")
     args = p.parse_args(argv)
     if args.merge:
@@ -284,6 +285,11 @@ def write(rows, args) -> int:
                "target": args.target if args.method == "resrep" else None,
                "size": args.size, "passed": sum(r["status"] == "ok" for r in rows), "total": len(rows), "rows": rows,
                "provenance": provenance(ort_threads=None)}   # onnxruntime only checks parity here, untimed
+    int8 = [r for r in rows if "int8" in r]
+    if int8:
+        payload.update(int8_run=len(int8), int8_passed=sum(r["int8"] == "ok" for r in int8))
+    if args.note:
+        payload["note"] = args.note
     with open(args.out + ".json", "w") as f:
         f.write(scrub_paths(json.dumps(payload, indent=1)))
     with open(args.out + ".md", "w") as f:

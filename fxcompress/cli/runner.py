@@ -179,8 +179,9 @@ def run_recipe(recipe: Recipe, out_dir: str, resume: bool = False, progress: boo
 
 def _execute(run: Prepared) -> "RunOutcome":
     from .. import compile
-    from ..core.provenance import provenance
+    from ..core.provenance import provenance, record_code_state
     from ..train.loop import TrainConfig, fit
+    record_code_state()   # the report names the commit the run started from
     recipe, data, model = run.recipe, run.data, run.model
     settings, spec = recipe.data["settings"], recipe.data["model"]
     device, leaf = settings["device"], spec["leaf"]

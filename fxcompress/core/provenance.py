@@ -66,19 +66,39 @@ def cpu_features() -> str:
     return f"{names} | {'/'.join(ident.get(k, '?') for k in ('cpu family', 'model', 'stepping'))}"
 
 
-def provenance(ort_threads: Optional[int] = None, extra_modules=(), **extra) -> dict:
-    """A JSON-able record of the code, libraries and machine behind a result. `ort_threads`: the onnxruntime
-    intra-op thread count used (None when no onnxruntime session ran)."""
-    import torch
-
-    from .. import __version__
+def code_state() -> dict:
+    """The checkout's commit and whether tracked files differ from it, now (None for an installed copy)."""
     # a commit only for a checkout of this package (not for a copy installed inside some other repository)
     tracked = _git("ls-files", "--error-unmatch", "fxcompress/__init__.py") is not None
     status = _git("status", "--porcelain", "--untracked-files=no") if tracked else None
+    return {"git_commit": _git("rev-parse", "HEAD") if tracked else None,
+            "git_dirty": None if status is None else bool(status)}
+
+
+_STARTED_AT: Optional[dict] = None
+
+
+def record_code_state() -> dict:
+    """The code state when this process first asked, kept for its results: a long run computes with the code
+    it imported, whatever the checkout holds when it writes its results (a sweep that ran an hour while
+    commits landed beside it recorded the later commit). Benchmarks ask when they start."""
+    global _STARTED_AT
+    if _STARTED_AT is None:
+        _STARTED_AT = code_state()
+    return _STARTED_AT
+
+
+def provenance(ort_threads: Optional[int] = None, extra_modules=(), **extra) -> dict:
+    """A JSON-able record of the code, libraries and machine behind a result. `ort_threads`: the onnxruntime
+    intra-op thread count used (None when no onnxruntime session ran). The commit is the one the process
+    started with (`record_code_state`); where the checkout changed since, `checkout_at_write` says to what."""
+    import torch
+
+    from .. import __version__
+    started, now = record_code_state(), code_state()
     info = {
         "fxcompress": __version__,
-        "git_commit": _git("rev-parse", "HEAD") if tracked else None,
-        "git_dirty": None if status is None else bool(status),
+        **started,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      **{m: _version(m) for m in ("torchvision", "onnxruntime", "onnx", "numpy", *extra_modules)}},
@@ -88,5 +108,7 @@ def provenance(ort_threads: Optional[int] = None, extra_modules=(), **extra) -> 
         "cpu_features": cpu_features(),
         "cpu_count": os.cpu_count(),
     }
+    if now != started:
+        info["checkout_at_write"] = now
     info.update(extra)
     return info

@@ -34,3 +34,15 @@ def test_cpu_features_tell_an_avx2_only_cpu_from_a_vnni_one(tmp_path, monkeypatc
     assert seen["vnni"] == "avx2 fma avx512f avx512bw avx512_vnni avx512_bf16 | 25/17/1"
     monkeypatch.setattr(builtins, "open", real_open)
     assert prov.provenance()["cpu_features"] == prov.cpu_features()
+
+
+def test_the_commit_is_the_one_the_process_started_with(monkeypatch):
+    """A commit landing while a long benchmark runs does not relabel its results; the change is recorded."""
+    from fxcompress.core import provenance as prov
+    monkeypatch.setattr(prov, "_STARTED_AT", None)
+    states = iter([{"git_commit": "a" * 40, "git_dirty": False}, {"git_commit": "b" * 40, "git_dirty": False}])
+    monkeypatch.setattr(prov, "code_state", lambda: next(states))
+    assert prov.record_code_state()["git_commit"] == "a" * 40    # at start
+    info = prov.provenance()                                      # at write: the checkout moved on
+    assert info["git_commit"] == "a" * 40 and info["git_dirty"] is False
+    assert info["checkout_at_write"] == {"git_commit": "b" * 40, "git_dirty": False}
