@@ -66,10 +66,16 @@ def sdpa_coupling(r) -> None:
     softmax scale, 1/sqrt(E) by default, is kept by the resize rule), v's with the output's; queries with the
     output, keys with values, but the keys stay: the softmax normalises over them, and a zeroed key still
     weighs exp(0) in it (`KEYS_STAY`; naflexvit's 4 register tokens, half removed, moved its output by 1.7e-3).
-    A mask tensor or a dropout in training stays out (its dims stay fixed)."""
+    A mask tensor (a relative-position bias added to the scores: tiny_vit, beit, maxvit) is broadcast to the
+    scores [.., L, S]: its leading dims go with q's (the heads), its last two with the queries and the keys;
+    the embedding positions it never sees stay free."""
     q, k, v, y = r.arg(0, "query"), r.arg(1, "key"), r.arg(2, "value"), r.out()
-    if r.raw(3, "attn_mask") is not None:
-        raise ValueError("attention mask tensor")
+    mask = r.raw(3, "attn_mask")
+    if mask is not None:
+        m = r.key_of(mask)
+        if m is None:
+            raise ValueError("attention mask that is no tensor of the graph")
+        _couple_mask(r, m, q, k)
     rank = r.rank(y)
     for d in range(rank - 2):
         for t in (k, v, y):
@@ -79,6 +85,19 @@ def sdpa_coupling(r) -> None:
     r.block(k, rank - 2, KEYS_STAY)
     r.same(q, rank - 1, k, rank - 1)
     r.same(v, rank - 1, y, rank - 1)
+
+
+def _couple_mask(r, m, q, k) -> None:
+    """The mask's dims, aligned from the right with the scores [.., L, S]; size-1 (broadcast) dims stay alone."""
+    rank, scores = r.rank(q), list(r.shape(q)[:-1]) + [r.shape(k)[-2]]
+    for d in range(r.rank(m)):
+        s = d - r.rank(m) + rank           # the scores' dim this mask dim lines up with
+        if s < 0 or r.shape(m)[d] != scores[s] or r.shape(m)[d] == 1:
+            continue
+        if s == rank - 1:
+            r.same(m, d, k, rank - 2)      # the keys
+        else:
+            r.same(m, d, q, s)             # the heads and batch, or the queries
 
 
 @RESIZE.register(F.scaled_dot_product_attention)

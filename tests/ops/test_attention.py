@@ -162,3 +162,36 @@ def test_tokens_that_are_keys_stay(attention):
         zeroed = RegisterTokens(attention=attention).eval()
         zeroed.load_state_dict({**model.state_dict(), "reg": torch.cat([model.reg[:, :2], 0 * model.reg[:, 2:]], 1)})
         assert not torch.allclose(fewer(x), zeroed(x), atol=1e-4)
+
+
+class BiasedSdpa(PackedSdpa):
+    """tiny_vit / beit / maxvit: a relative-position bias per head, looked up from a table by an index tensor
+    (advanced indexing: no channel rule), passed to SDPA as its attn_mask."""
+
+    def __init__(self, dim=16, heads=2, tokens=5):
+        super().__init__(dim, heads)
+        self.table = nn.Parameter(torch.randn(heads, 2 * tokens - 1))
+        pos = torch.arange(tokens)
+        self.register_buffer("index", pos[:, None] - pos[None, :] + tokens - 1)
+
+    def forward(self, x):
+        B, N, _ = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=self.table[:, self.index])
+        return self.proj(y.transpose(1, 2).reshape(B, N, self.heads * self.head_dim))
+
+
+def test_an_attention_mask_keeps_heads_and_tokens_and_head_dims_prune_exactly():
+    import fxcompress
+    from fxcompress.core.context import PassContext
+    from fxcompress.graph.tracing import trace
+    from fxcompress.passes import ChannelGroups, MagnitudePrune
+    model, x = BiasedSdpa().eval(), torch.randn(2, 5, 16)
+    groups = PassContext(trace(model), (x,), progress=False).get(ChannelGroups).groups
+    assert any(g.prunable and any(m.name == "qkv.weight" and m.role == "producer" for m in g.param_members())
+               for g in groups)                     # q/k and v head dims: the mask never sees them
+    result = fxcompress.compile(model, [MagnitudePrune(0.5)], x, progress=False)
+    record = result.report.records[0]
+    assert result.model.qkv.out_features < 48 and record.metrics["max_rel_error"] < 1e-5
+    assert result.model.table.shape == (2, 9)       # the heads stay (the mask's lookup has no rule)
