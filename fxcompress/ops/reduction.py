@@ -12,13 +12,13 @@ import torch.nn.functional as F
 from .registry import COUPLING
 
 
-@COUPLING.register("mean", "sum", "amax", "max", torch.mean, torch.sum, torch.amax)
-def reduction_coupling(r) -> None:
+def _reduce(r, dims_index: int, keepdim_index: int) -> None:
+    """The reduced dims stop here; the others pass through (shifted where keepdim drops the reduced ones)."""
     x, y = r.arg(0, "input"), r.out()
     if y is None:
         raise ValueError("non-tensor result")
-    dims = r.raw(1, "dim")
-    keepdim = r.raw(2, "keepdim", False)
+    dims = r.raw(dims_index, "dim")
+    keepdim = r.raw(keepdim_index, "keepdim", False)
     if dims is None:
         return
     dims = {d % r.rank(x) for d in (dims if isinstance(dims, (list, tuple)) else [dims])}
@@ -29,6 +29,17 @@ def reduction_coupling(r) -> None:
             continue
         r.same(x, d, y, j)
         j += 1
+
+
+@COUPLING.register("mean", "sum", "amax", "max", torch.mean, torch.sum, torch.amax)
+def reduction_coupling(r) -> None:
+    _reduce(r, 1, 2)
+
+
+@COUPLING.register("norm", torch.norm, torch.linalg.vector_norm)
+def norm_coupling(r) -> None:
+    """A p-norm (its p before the dims) reduces its dims like a sum: zero entries add nothing."""
+    _reduce(r, 2, 3)
 
 
 @COUPLING.register(F.softmax, torch.softmax, F.log_softmax, torch.log_softmax, "softmax", "log_softmax")
@@ -42,23 +53,3 @@ def softmax_coupling(r) -> None:
 @COUPLING.register(F.normalize)
 def normalize_coupling(r) -> None:
     r.identity(r.arg(0, "input"), r.out())
-
-
-@COUPLING.register("norm", torch.norm, torch.linalg.vector_norm)
-def norm_coupling(r) -> None:
-    """A p-norm reduces its dims like a sum (zero entries add nothing); the other dims pass through."""
-    x, y = r.arg(0, "input"), r.out()
-    if y is None:
-        raise ValueError("non-tensor result")
-    dims = r.raw(2, "dim")
-    keepdim = r.raw(3, "keepdim", False)
-    if dims is None:
-        return
-    dims = {d % r.rank(x) for d in (dims if isinstance(dims, (list, tuple)) else [dims])}
-    j = 0
-    for d in range(r.rank(x)):
-        if d in dims:
-            j += 1 if keepdim else 0
-            continue
-        r.same(x, d, y, j)
-        j += 1

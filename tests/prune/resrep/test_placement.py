@@ -2,7 +2,6 @@
 full where the producer is dense, a per-channel scale otherwise; insertion is the identity."""
 import pytest
 import torch
-import torch.nn as nn
 
 from fxcompress.core.verify import compare_exact, run_eval
 from fxcompress.prune.resrep import ChannelScale, ConvCompactor, LinearCompactor, find_sites, insert_compactors
