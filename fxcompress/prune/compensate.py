@@ -21,6 +21,7 @@ import torch.nn as nn
 
 from ..core.verify import _Substituted, evaluating
 from ..graph.keys import ValueKey
+from ..ops.reduction import summed_dims
 from .groups import CONSUMER, ChannelGroupsResult
 
 CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -53,14 +54,55 @@ def _sites(gm: fx.GraphModule, result: ChannelGroupsResult, plan) -> Dict[str, T
             for k, (pos, gids) in sites.items()}
 
 
+def _reduction_sites(gm: fx.GraphModule, result: ChannelGroupsResult, plan) -> Dict[str, list]:
+    """reduction node name -> [(dim, the positions the plan removes along it, their groups)] for the sums,
+    means and p-norms that sum a pruned dim away (ops/reduction.py): removing entries is exact there only if
+    they are zero."""
+    removed: Dict[tuple, Tuple[set, set]] = {}
+    for gid, kept in plan.items():
+        for m in result.groups[gid].members:
+            if m.is_param:
+                continue
+            pos = m.positions[~np.isin(m.units, kept)]
+            if len(pos):
+                positions, gids = removed.setdefault((m.key, m.dim), (set(), set()))
+                positions.update(pos.tolist())
+                gids.add(gid)
+    sites: Dict[str, list] = {}
+    if not removed:
+        return sites
+    for node in gm.graph.nodes:
+        found = summed_dims(node)
+        if found is None or not isinstance(found[0], fx.Node):
+            continue
+        x, dims = found
+        for d in dims:
+            entry = removed.get((ValueKey.of_node(x), d))
+            if entry:
+                sites.setdefault(node.name, []).append((d, np.array(sorted(entry[0])), entry[1]))
+    return sites
+
+
 class _Capture(_Substituted):
     """Runs the zeroed model and records, at each consumer, the removed input channels (consumers that can
     absorb a constant) or only their largest magnitude (the others: a diagnosis needs no more, and keeping
     every consumer's removed activations would hold about half the model's activations)."""
 
-    def __init__(self, gm, substitute, sites):
+    def __init__(self, gm, substitute, sites, reductions):
         super().__init__(gm, substitute)
         self.sites, self.seen, self.largest = sites, {}, {}
+        self.reductions, self.reduced = reductions, {}   # reduction node -> largest removed entry it sums
+
+    def run_node(self, n):
+        for d, pos, gids in self.reductions.get(n.name, ()):
+            x = self.env.get(n.args[0])
+            if isinstance(x, torch.Tensor):
+                values = x.detach().index_select(d, torch.from_numpy(pos).to(x.device))
+                if values.numel() and float(values.abs().max()) > 0:
+                    seen = self.reduced.setdefault(n.name, {"groups": set(), "max_abs": 0.0})
+                    seen["groups"].update(gids)
+                    seen["max_abs"] = max(seen["max_abs"], float(values.abs().max()))
+        return super().run_node(n)
 
     def call_module(self, target, args, kwargs):
         if target in self.sites and args and isinstance(args[0], torch.Tensor):
@@ -83,14 +125,16 @@ def zeroed_run(gm: fx.GraphModule, result: ChannelGroupsResult, plan, inputs, su
     where removed channels reach a consumer that cannot absorb them (a padded or grouped convolution) as
     non-zero values, which no bias can stand in for: what `explain_inexact` names when the exactness check
     fails). Without consumers to look at and `need_outputs` False, nothing runs: (None, {}, {})."""
-    sites = _sites(gm, result, plan)
-    if not sites and not need_outputs:
+    sites, reductions = _sites(gm, result, plan), _reduction_sites(gm, result, plan)
+    if not sites and not reductions and not need_outputs:
         return None, {}, {}
-    capture = _Capture(gm, substitute, sites)
+    capture = _Capture(gm, substitute, sites, reductions)
     with evaluating(gm), torch.no_grad():
         outputs = capture.run(*inputs)
     unabsorbed = {target: {"groups": sorted(sites[target][2]), "max_abs": largest}
                   for target, largest in capture.largest.items() if largest > 0}
+    for name, seen in capture.reduced.items():   # a sum over channels that removed non-zero entries would change
+        unabsorbed[name] = {"groups": sorted(seen["groups"]), "max_abs": seen["max_abs"], "reduction": True}
     constants = {}
     for target, chunks in capture.seen.items():
         values = torch.cat(chunks).double()
@@ -103,8 +147,16 @@ def zeroed_run(gm: fx.GraphModule, result: ChannelGroupsResult, plan, inputs, su
 
 
 def _consumer(target: str, info: dict, gm: fx.GraphModule) -> str:
-    return (f"{target} ({type(gm.get_submodule(target)).__name__}, groups {info['groups']}, "
-            f"values up to {info['max_abs']:.3g})")
+    what = "a sum or mean over them" if info.get("reduction") else type(gm.get_submodule(target)).__name__
+    return f"{target} ({what}, groups {info['groups']}, values up to {info['max_abs']:.3g})"
+
+
+WHY_REDUCED = ("a sum or mean over the channels sees them non-zero (something between subtracts from them: a "
+               "hand-written LayerNorm's x - mean), so removing them changes what it computes")
+
+
+def _why(info: dict) -> str:
+    return WHY_REDUCED if info.get("reduction") else WHY_UNABSORBED
 
 
 WHY_UNABSORBED = ("something between their producers and the consumer adds a constant (a learnable bias or affine "
@@ -117,7 +169,8 @@ def explain_inexact(unabsorbed: Dict[str, dict], gm: fx.GraphModule) -> str:
     if not unabsorbed:
         return ""
     parts = ", ".join(_consumer(t, info, gm) for t, info in list(unabsorbed.items())[:3])
-    return (f"; the removed channels are not zero where they are consumed by {parts}: {WHY_UNABSORBED}. Leave "
+    return (f"; the removed channels are not zero where they are consumed by {parts}: "
+            f"{_why(next(iter(unabsorbed.values())))}. Leave "
             f"those groups unpruned (the pass's ignore= option, naming one of their modules)")
 
 
@@ -128,7 +181,7 @@ def unabsorbed_reasons(unabsorbed: Dict[str, dict], gm: fx.GraphModule, groups) 
     for target, info in unabsorbed.items():
         for g in info["groups"]:
             if g in groups and g not in out:
-                out[g] = f"removed channels reach {_consumer(target, info, gm)} as non-zero values: {WHY_UNABSORBED}"
+                out[g] = f"removed channels reach {_consumer(target, info, gm)} as non-zero values: {_why(info)}"
     return out
 
 

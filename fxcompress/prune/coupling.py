@@ -142,6 +142,13 @@ class RuleCtx:
         """This parameter dim only reads the channels (a consumer's input columns, running variances)."""
         self._role(key, dim, CONSUMER)
 
+    def reduces(self, key, dim) -> None:
+        """This dim is summed away here (a sum, a mean, a p-norm): a zero entry adds nothing, so its channels
+        may go with the group's. The zeroed run checks that the removed entries are zero here, and a mean's
+        resize rule keeps its divisor (ops/reduction.py)."""
+        if key is not None:
+            self.local.add((key, dim % self.rank(key)))
+
     def block(self, key, dim, reason) -> None:
         if key is not None:
             self.b.block(key, dim % self.rank(key), reason)
