@@ -11,6 +11,7 @@ from fxcompress.core.errors import PassError
 from fxcompress.core.pass_base import TransformPass
 from fxcompress.quant.calibrate import calibrate
 from fxcompress.quant.decompose import decompose_modules
+from fxcompress.quant.out_of_place import out_of_place_arithmetic
 from fxcompress.quant.bias_correction import correct_biases
 from fxcompress.quant.emulate import install_integer_emulation
 from fxcompress.quant.insert import insert_fake_quant, plan_quantization, weighted_modules
@@ -83,9 +84,10 @@ class QuantizeINT8(TransformPass):
             compare_exact(lambda x: run_eval(ctx.gm, x), lambda x: run_eval(gm, x), (ctx.gm, gm),
                           ctx.example_inputs, "QuantizeINT8's BatchNorm folding", exact_folds(ctx.gm, gm))
         record_shapes(gm, ctx.example_inputs)
+        out_of_place = out_of_place_arithmetic(gm)   # x.add_(y): the emulation must read x as it was
         decomposed = decompose_modules(gm)   # attention's projections become nn.Linear layers
-        if decomposed["decomposed"]:
-            what = "QuantizeINT8's decomposition of " + ", ".join(decomposed["decomposed"][:3])
+        if decomposed["decomposed"] or out_of_place:
+            what = "QuantizeINT8's decomposition of " + ", ".join((decomposed["decomposed"] + out_of_place)[:3])
             compare_exact(lambda x: run_eval(ctx.gm, x), lambda x: run_eval(gm, x), (ctx.gm, gm),
                           ctx.example_inputs, what)
             record_shapes(gm, ctx.example_inputs)
