@@ -118,7 +118,7 @@ class QuantizeINT8(TransformPass):
                 "unquantized_layers": [n for n, m in modules.items() if _is_weighted(m) and
                                        n not in {w.target for w in plan.weighted}],
                 "kept_float": dict(plan.kept_float), "decomposed": decomposed["decomposed"],
-                "kept_whole": decomposed["kept"]}
+                "kept_whole": decomposed["kept"], "out_of_place": out_of_place}
 
     def _qat(self, gm, ctx) -> dict:
         gm.train()
