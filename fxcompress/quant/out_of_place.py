@@ -1,11 +1,11 @@
 """In-place arithmetic rewritten out of place before INT8 quantization.
 
-`x.add_(y)` (csatv2's blocks; a graph may also hold operator.iadd, though fx traces `x += y` on a proxy
-as an add) writes its sum into x. Once QuantizeINT8
-puts a quantizer after the add and an integer emulation beside it, the emulation reads x after the add wrote
-it: it requantized x + y + y, and the INT8 check found every code of that quantizer off (up to 54 steps). Out
-of place, the add makes a new tensor, and the later readers of x read that tensor instead, as they read the
-written x before: the same function (QuantizeINT8 checks it exact).
+`x.add_(y)` (csatv2's blocks; a graph may also hold operator.iadd, though fx traces `x += y` on a proxy as
+an add) writes its sum into x. Once QuantizeINT8 puts a quantizer after the add and an integer emulation
+beside it, the emulation reads x after the add wrote it: it requantized x + y + y, and the INT8 check found
+every code of that quantizer off (up to 54 steps). Out of place, the add makes a new tensor, and the later
+readers of x read that tensor instead, as they read the written x before: the same function (QuantizeINT8
+checks it exact).
 
     rewritten = out_of_place_arithmetic(gm)   # node names rewritten; gm changed in place, recompiled
 """
