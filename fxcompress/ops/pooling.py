@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .reduction import reduction_args
 from .registry import COUPLING, EXPORT, QUANT, ExportRule, QuantRule, graph_constant, static_shape
 
 POOLS = {  # spatial dims -> (module types, functions)
@@ -71,27 +72,14 @@ class SpatialMean(nn.Module):
         return y if self.keepdim else y.flatten(1)
 
 
-def _mean_args(node):
-    """(input, dims, keepdim) of a torch.mean / Tensor.mean call; None for other signatures (a dtype)."""
-    if set(node.kwargs) - {"dim", "keepdim"} or len(node.args) > 3:
-        return None
-    x = node.args[0]
-    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
-    keepdim = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
-    return x, dims, keepdim
-
-
 def _is_spatial_mean(node, modules=None) -> bool:
-    args = _mean_args(node)
-    shape = static_shape(args[0]) if args is not None else None
-    if shape is None or len(shape) != 4 or not isinstance(args[2], bool):
-        return False
-    dims = args[1] if isinstance(args[1], (list, tuple)) else [args[1]]
-    return all(isinstance(d, int) for d in dims) and sorted(d % 4 for d in dims) == [2, 3]
+    found = reduction_args(node)
+    shape = static_shape(found[0]) if found is not None else None
+    return shape is not None and len(shape) == 4 and found[1] == (2, 3)
 
 
 def spatial_mean_as_pool(_, node):
-    x, _, keepdim = _mean_args(node)
+    x, _, keepdim = reduction_args(node)
     return SpatialMean(keepdim), [x]
 
 

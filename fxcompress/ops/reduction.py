@@ -25,9 +25,10 @@ def sum_divided(x: torch.Tensor, dim, keepdim: bool, divisor: float) -> torch.Te
     return torch.sum(x, dim, keepdim=keepdim) / divisor
 
 
-def _reduction(node: fx.Node, dims_index: int, keepdim_index: int) -> Optional[Tuple[fx.Node, tuple, bool]]:
-    """(input, reduced dims (normalised), keepdim) of a reduction call; None without dims (the whole tensor),
-    with a dtype or with a rank unknown."""
+def reduction_args(node: fx.Node, dims_index: int = 1,
+                   keepdim_index: int = 2) -> Optional[Tuple[fx.Node, tuple, bool]]:
+    """(input, reduced dims (normalised), keepdim) of a reduction call (torch.mean, Tensor.sum, ...); None
+    without dims (the whole tensor), with a dtype, a rank unknown or dims and keepdim that are graph values."""
     x = node.args[0] if node.args else None
     dims = node.args[dims_index] if len(node.args) > dims_index else node.kwargs.get("dim")
     keepdim = node.args[keepdim_index] if len(node.args) > keepdim_index else node.kwargs.get("keepdim", False)
@@ -35,9 +36,9 @@ def _reduction(node: fx.Node, dims_index: int, keepdim_index: int) -> Optional[T
     if dims is None or shape is None or node.kwargs.get("dtype") is not None:
         return None
     dims = dims if isinstance(dims, (list, tuple)) else [dims]
-    if not all(isinstance(d, int) for d in dims):
+    if not all(isinstance(d, int) for d in dims) or not isinstance(keepdim, bool):
         return None
-    return x, tuple(sorted(d % len(shape) for d in dims)), bool(keepdim)
+    return x, tuple(sorted(d % len(shape) for d in dims)), keepdim
 
 
 _SUMMED = {}   # reduction target -> (dims arg index, keepdim arg index): a zero entry adds nothing to it
@@ -48,7 +49,7 @@ def summed_dims(node: fx.Node) -> Optional[Tuple[fx.Node, tuple]]:
     those see zeros where channels go), else None."""
     if node.op not in ("call_function", "call_method") or node.target not in _SUMMED:
         return None
-    found = _reduction(node, *_SUMMED[node.target])
+    found = reduction_args(node, *_SUMMED[node.target])
     return found[:2] if found else None
 
 
@@ -94,7 +95,7 @@ def max_coupling(r) -> None:
 @RESIZE.register("mean", torch.mean)
 def mean_resize(s, node, _):
     """A mean whose reduced dims lost entries divides by the count the unpruned model had."""
-    found = _reduction(node, 1, 2)
+    found = reduction_args(node)
     if found is None:
         return
     x, dims, keepdim = found
