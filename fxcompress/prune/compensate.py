@@ -37,19 +37,26 @@ def _absorbs_constant(m: nn.Module) -> bool:
     return m.padding == "valid" if isinstance(m.padding, str) else not any(m.padding)
 
 
+def _removed(result: ChannelGroupsResult, plan, member_key) -> Dict[object, Tuple[set, set]]:
+    """{member_key(member): (the positions the plan removes there, their groups)} over the planned groups'
+    members for which member_key gives a key (None: skipped)."""
+    out: Dict[object, Tuple[set, set]] = {}
+    for gid, kept in plan.items():
+        for m in result.groups[gid].members:
+            key = member_key(m)
+            removed = m.positions[~np.isin(m.units, kept)].tolist() if key is not None else []
+            if removed:
+                positions, gids = out.setdefault(key, (set(), set()))
+                positions.update(removed)
+                gids.add(gid)
+    return out
+
+
 def _sites(gm: fx.GraphModule, result: ChannelGroupsResult, plan) -> Dict[str, Tuple[np.ndarray, bool, set]]:
     """consumer module name -> (the input positions the plan removes, whether it can absorb a constant there,
     the groups those positions belong to)."""
-    sites: Dict[str, Tuple[set, set]] = {}
-    for gid, kept in plan.items():
-        for m in result.groups[gid].members:
-            if not m.is_param or m.role != CONSUMER or m.dim != 1 or not m.name.endswith(".weight"):
-                continue
-            removed = m.positions[~np.isin(m.units, kept)].tolist()
-            if removed:
-                positions, gids = sites.setdefault(m.name.rsplit(".", 1)[0], (set(), set()))
-                positions.update(removed)
-                gids.add(gid)
+    sites = _removed(result, plan, lambda m: m.name.rsplit(".", 1)[0] if m.is_param and m.role == CONSUMER
+                     and m.dim == 1 and m.name.endswith(".weight") else None)
     return {k: (np.array(sorted(pos)), _absorbs_constant(gm.get_submodule(k)), gids)
             for k, (pos, gids) in sites.items()}
 
@@ -58,16 +65,7 @@ def _reduction_sites(gm: fx.GraphModule, result: ChannelGroupsResult, plan) -> D
     """reduction node name -> [(dim, the positions the plan removes along it, their groups)] for the sums,
     means and p-norms that sum a pruned dim away (ops/reduction.py): removing entries is exact there only if
     they are zero."""
-    removed: Dict[tuple, Tuple[set, set]] = {}
-    for gid, kept in plan.items():
-        for m in result.groups[gid].members:
-            if m.is_param:
-                continue
-            pos = m.positions[~np.isin(m.units, kept)]
-            if len(pos):
-                positions, gids = removed.setdefault((m.key, m.dim), (set(), set()))
-                positions.update(pos.tolist())
-                gids.add(gid)
+    removed = _removed(result, plan, lambda m: None if m.is_param else (m.key, m.dim))
     sites: Dict[str, list] = {}
     if not removed:
         return sites
@@ -98,10 +96,11 @@ class _Capture(_Substituted):
             x = self.env.get(n.args[0])
             if isinstance(x, torch.Tensor):
                 values = x.detach().index_select(d, torch.from_numpy(pos).to(x.device))
-                if values.numel() and float(values.abs().max()) > 0:
+                largest = float(values.abs().max()) if values.numel() else 0.0
+                if largest > 0:
                     seen = self.reduced.setdefault(n.name, {"groups": set(), "max_abs": 0.0})
                     seen["groups"].update(gids)
-                    seen["max_abs"] = max(seen["max_abs"], float(values.abs().max()))
+                    seen["max_abs"] = max(seen["max_abs"], largest)
         return super().run_node(n)
 
     def call_module(self, target, args, kwargs):

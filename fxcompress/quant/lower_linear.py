@@ -38,8 +38,9 @@ def lower_nd_linears(model: onnx.ModelProto) -> onnx.ModelProto:
     calls: Dict[str, list] = {}
     for p in plans:
         calls.setdefault(p["w_dq"].output[0], []).append(p)
-    plans = [p for p in plans if len(calls[p["w_dq"].output[0]]) == len(users.get(p["w_dq"].output[0], [])) and
-             (len(calls[p["w_dq"].output[0]]) == 1 or all(c["conv"] for c in calls[p["w_dq"].output[0]]))]
+    lowerable = {w for w, c in calls.items() if len(c) == len(users.get(w, [])) and (len(c) == 1 or
+                                                                                   all(p["conv"] for p in c))}
+    plans = [p for p in plans if p["w_dq"].output[0] in lowerable]
     for p in plans:
         node, transpose, x_dq, w_dq, bias, out = (p[k] for k in ("node", "transpose", "x_dq", "w_dq", "bias", "out"))
         n_out, n_in, q, chain = p["n_out"], p["n_in"], p["q"], p["chain"]
